@@ -1,0 +1,97 @@
+"""Every setting ftpilot reads, in one typed place.
+
+Values come from app settings (environment variables in Azure, the ``Values`` of
+``local.settings.json`` locally, which the Functions host and ``shared.cli`` both export).
+Names are ``FTPILOT_<FIELD>`` upper-cased; ``local.settings.sample.json`` lists them all.
+A bad value fails with pydantic's message, which names the setting and what it expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+FineTuneValue = str | int | float
+
+
+class Settings(BaseSettings):
+    """ftpilot's configuration. Field docs double as the settings reference."""
+
+    model_config = SettingsConfigDict(env_prefix="FTPILOT_", extra="ignore", frozen=True)
+
+    # Storage: where datasets land, reports and splits go, and run records live.
+    storage: str = Field(
+        "UseDevelopmentStorage=true",
+        description="Storage connection string for datasets, reports, run records and the rollout queue. "
+        "The blob trigger's connection has the same name.",
+    )
+    intake_container: str = Field("datasets", description="Container watched for uploads.")
+    intake_prefix: str = Field("incoming/", description="Uploads are datasets only under this prefix.")
+    reports_prefix: str = Field("reports/", description="Validation reports, beside the uploads.")
+    prepared_prefix: str = Field("prepared/", description="Train/test splits handed to the platform.")
+    runs_table: str = Field("ftpilotruns", description="Table of run records.")
+    rollout_queue: str = Field("ftpilot-rollout", description="Queue between the event function and the worker.")
+
+    # Validation and splitting.
+    test_fraction: float = Field(0.1, gt=0, lt=1, description="Share of examples held out for the test split.")
+    max_seq_length: int = Field(4096, gt=0, description="Examples longer than this many tokens are flagged.")
+    tokenizer: str | None = Field(
+        None, description="tokenizer.json path or local model folder for exact token counts; estimates when unset."
+    )
+    min_examples_warning: int = Field(50, ge=10, description="Warn below this many examples (error below 10).")
+
+    # ML platform.
+    platform: Literal["azureml", "local"] = Field("local", description="Which adapter runs jobs and endpoints.")
+    subscription_id: str | None = None
+    resource_group: str | None = None
+    workspace_name: str | None = None
+    registry_name: str = Field("azureml", description="Registry holding the base model and the pipeline component.")
+    base_model: str = Field("Phi-3-mini-4k-instruct", description="Foundation model to fine-tune (registry name).")
+    compute_cluster: str = Field("gpu-cluster-big", description="Workspace compute cluster for fine-tuning.")
+    experiment_name: str = Field("ftpilot-chat-completion", description="Experiment that holds ftpilot's jobs.")
+    datastore: str = Field(
+        "ftpilot_datasets", description="Azure ML datastore registered on the intake container (prepared splits)."
+    )
+    finetune_parameters: dict[str, FineTuneValue] = Field(
+        default_factory=dict,
+        description='JSON object of pipeline inputs applied to every run, e.g. {"num_train_epochs": 1}.',
+    )
+
+    # Local workspace.
+    data_dir: Path = Field(Path(".ftpilot"), description="Local workspace state (jobs, MLflow, endpoints).")
+
+    @field_validator("intake_prefix", "reports_prefix", "prepared_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        """Prefixes are compared as strings: normalise to 'a/b/' or ''."""
+        value = value.strip("/")
+        return f"{value}/" if value else ""
+
+    @property
+    def epochs(self) -> int:
+        """Epochs used for the billed-token estimate (the walkthrough's 3 unless overridden)."""
+        return int(self.finetune_parameters.get("num_train_epochs", 3))
+
+
+def load_local_settings(path: Path = Path("local.settings.json")) -> None:
+    """Export ``Values`` from a local.settings.json into the environment, as the Functions host does.
+
+    Existing environment variables win, so a shell export can override the file.
+    """
+    if not path.is_file():
+        return
+    values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
+    for key, value in values.items():
+        os.environ.setdefault(key, str(value))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
