@@ -1,0 +1,316 @@
+"""Intake: an uploaded dataset becomes a validated, split, submitted fine-tuning run.
+
+Blob triggers fire at least once and uploads can repeat, so every step is idempotent:
+the run id is a hash of the content, the run record is claimed with a conditional insert,
+splits have fixed names and the job name is derived from the run id. Re-running the whole
+function for the same upload converges on the same state instead of doing the work twice.
+The uploaded blob is only ever read (pinned to the ETag seen first), never changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from shared.blobnames import Kind, Upload, classify, dataset_label, report_names, sidecar_name
+from shared.platform.port import DataRef, FineTuneRequest, PlatformConfigError
+from shared.runs import RunRecord, RunState
+from shared.services import Services
+from shared.storage import BlockWriter
+from shared.validation import Report, ValidationOptions, iter_lines, validate_chunks
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobClient
+
+log = logging.getLogger(__name__)
+
+PARAMETER_METADATA_PREFIX = "ftpilot_"
+RESUMABLE = {RunState.RECEIVED, RunState.SUBMIT_FAILED}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What intake did with one upload (for logs, the CLI and tests)."""
+
+    name: str
+    action: str  # refused | ignored | invalid | duplicate | submitted | already | submit_failed | vanished
+    run_id: str = ""
+    job_name: str = ""
+    reason: str = ""
+
+
+class _PinnedBlob:
+    """A blob read at one ETag: if it is overwritten mid-run, reads fail instead of mixing versions."""
+
+    def __init__(self, client: BlobClient) -> None:
+        from azure.core import MatchConditions
+
+        properties = client.get_blob_properties()
+        self.client = client
+        self.etag: str = properties.etag
+        self.metadata: dict[str, str] = dict(properties.metadata or {})
+        self._condition = MatchConditions.IfNotModified
+
+    def chunks(self) -> Any:
+        return self.client.download_blob(etag=self.etag, match_condition=self._condition).chunks()
+
+
+def run_id_for(sha256: str, sidecar_sha256: str = "") -> str:
+    """Runs are identified by what is trained on, not by the file name."""
+    return hashlib.sha256(f"{sha256}:{sidecar_sha256}".encode()).hexdigest()[:20]
+
+
+def job_name_for(run_id: str) -> str:
+    return f"ftpilot-{run_id}"
+
+
+def dataset_parameters(metadata: dict[str, str]) -> dict[str, str]:
+    """Per-dataset pipeline inputs from blob metadata ``ftpilot_<input>=<value>``; the adapter checks them."""
+    return {
+        key[len(PARAMETER_METADATA_PREFIX) :]: value
+        for key, value in metadata.items()
+        if key.lower().startswith(PARAMETER_METADATA_PREFIX)
+    }
+
+
+def handle_upload(client: BlobClient, services: Services) -> Outcome:
+    """The blob function's one entry point: classify, validate, report, split, submit."""
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+    upload = classify(client.blob_name, services.settings)
+    if upload.kind is Kind.UNSAFE:
+        _write_refusal(upload, services)
+        log.warning("intake: refused blob name %r: %s", upload.name, upload.reason)
+        return Outcome(upload.name, "refused", reason=upload.reason)
+    if upload.kind is not Kind.DATASET:
+        log.info("intake: ignored %r: %s", upload.name, upload.reason)
+        return Outcome(upload.name, "ignored", reason=upload.reason)
+    try:
+        return _process(upload, client, services)
+    except (ResourceNotFoundError, ResourceModifiedError) as error:
+        # Deleted or overwritten while we read it: the newer upload has its own event.
+        log.warning("intake: %r changed while being read (%s); skipping", upload.name, type(error).__name__)
+        return Outcome(upload.name, "vanished", reason="the blob was deleted or overwritten while being read")
+
+
+def _process(upload: Upload, client: BlobClient, services: Services) -> Outcome:
+    settings = services.settings
+    options = ValidationOptions.from_settings(settings)
+    main = _PinnedBlob(client)
+    report = validate_chunks(main.chunks(), options, source=upload.name)
+    sidecar, sidecar_report = _sidecar(upload, services, options)
+    valid = report.valid and (sidecar_report is None or sidecar_report.valid)
+    run_id = run_id_for(report.sha256, sidecar_report.sha256 if sidecar_report else "")
+    json_name, _ = report_names(upload, settings)
+
+    fresh = RunRecord(
+        run_id=run_id,
+        dataset=upload.name,
+        sha256=report.sha256,
+        sidecar=sidecar.client.blob_name if sidecar else "",
+        sidecar_sha256=sidecar_report.sha256 if sidecar_report else "",
+        source_etag=main.etag,
+        report=json_name,
+        base_model=settings.base_model,
+    )
+    fresh = (
+        fresh.moved(RunState.RECEIVED)
+        if valid
+        else fresh.moved(RunState.INVALID, reason=_invalid_reason(report, sidecar_report))
+    )
+    record, created = services.runs.claim(fresh)
+
+    if not created and record.dataset != upload.name:
+        record = services.runs.update(
+            run_id,
+            lambda r: (
+                r
+                if upload.name in r.duplicates
+                else r.moved(r.state, f"duplicate upload {upload.name}", duplicates=[*r.duplicates, upload.name])
+            ),
+        )
+        _write_report(
+            upload, services=services, report=report, sidecar_report=sidecar_report, run_id=run_id, duplicate_of=record
+        )
+        log.info("intake: %r duplicates run %s (%s)", upload.name, run_id, record.state)
+        if record.state not in RESUMABLE:
+            return Outcome(upload.name, "duplicate", run_id, record.job_name, f"same content as {record.dataset}")
+    elif created or record.state in RESUMABLE:
+        _write_report(upload, services=services, report=report, sidecar_report=sidecar_report, run_id=run_id)
+
+    if record.state is RunState.INVALID:
+        log.info("intake: %r is invalid: %s", upload.name, record.reason)
+        return Outcome(upload.name, "invalid", run_id, reason=record.reason)
+    if record.state not in RESUMABLE:
+        log.info("intake: %r already handled as run %s (%s)", upload.name, run_id, record.state)
+        return Outcome(upload.name, "already", run_id, record.job_name)
+    return _submit(upload, record, main, sidecar, services)
+
+
+def _sidecar(
+    upload: Upload, services: Services, options: ValidationOptions
+) -> tuple[_PinnedBlob | None, Report | None]:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    client = services.storage.blob(sidecar_name(upload.name))
+    try:
+        pinned = _PinnedBlob(client)
+    except ResourceNotFoundError:
+        return None, None
+    return pinned, validate_chunks(pinned.chunks(), options, source=client.blob_name)
+
+
+def _invalid_reason(report: Report, sidecar_report: Report | None) -> str:
+    parts = []
+    for which in (report, sidecar_report):
+        if which is None or which.valid:
+            continue
+        counts = which.to_dict()["counts"]
+        errors = [e["code"] for e in which.to_dict()["errors"]]
+        summary = ", ".join(f"{code} x{counts.get(code, 1)}" for code in dict.fromkeys(errors))
+        parts.append(f"{which.source}: {summary}")
+    return "validation failed: " + "; ".join(parts)
+
+
+def _submit(
+    upload: Upload, record: RunRecord, main: _PinnedBlob, sidecar: _PinnedBlob | None, services: Services
+) -> Outcome:
+    settings = services.settings
+    run_id = record.run_id
+    train_path, test_path = _prepare(record, main, sidecar, services)
+    request = FineTuneRequest(
+        job_name=job_name_for(run_id),
+        base_model=settings.base_model,
+        train=DataRef(settings.intake_container, train_path),
+        test=DataRef(settings.intake_container, test_path),
+        dataset_label=dataset_label(upload.name),
+        parameters=dataset_parameters(main.metadata),
+        tags={"ftpilot-run": run_id, "ftpilot-dataset": upload.name[:256], "ftpilot-sha256": record.sha256},
+    )
+    try:
+        job = services.platform.submit_finetune(request)
+    except PlatformConfigError as error:
+        # Retrying cannot help until someone fixes the setting or the workspace: record and stop.
+        reason = str(error)
+        services.runs.update(run_id, lambda r: r.moved(RunState.SUBMIT_FAILED, reason=reason))
+        log.error("intake: run %s not submitted: %s", run_id, reason)
+        return Outcome(upload.name, "submit_failed", run_id, reason=reason)
+    except Exception as error:
+        # Possibly transient: record it, then let the host retry the trigger.
+        reason = f"{type(error).__name__}: {error}"
+        services.runs.update(run_id, lambda r: r.moved(RunState.SUBMIT_FAILED, reason=reason))
+        raise
+
+    def submitted(current: RunRecord) -> RunRecord | None:
+        if current.state not in RESUMABLE:
+            return None  # another worker got there first; its record stands
+        return current.moved(
+            RunState.SUBMITTED,
+            f"job {job.name}",
+            job_name=job.name,
+            parameters=dict(job.parameters),
+            reason="",
+        )
+
+    services.runs.update(run_id, submitted)
+    log.info("intake: run %s submitted as job %s", run_id, job.name)
+    return Outcome(upload.name, "submitted", run_id, job.name)
+
+
+def _prepare(record: RunRecord, main: _PinnedBlob, sidecar: _PinnedBlob | None, services: Services) -> tuple[str, str]:
+    """Write the train/test files once; a rerun finds them and moves on."""
+    from shared.split import split
+
+    settings = services.settings
+    base = f"{settings.prepared_prefix}{record.run_id}"
+    train_name, test_name = f"{base}/train.jsonl", f"{base}/test.jsonl"
+    if record.train_path and services.storage.blob(train_name).exists() and services.storage.blob(test_name).exists():
+        return train_name, test_name
+    train, test = BlockWriter(services.storage.blob(train_name)), BlockWriter(services.storage.blob(test_name))
+    if sidecar is None:
+        counts = split(main.chunks, settings.test_fraction, train.write, test.write)
+        note = f"split {counts.train} train / {counts.test} test"
+    else:
+        # Used as uploaded, not re-split; only the line framing is normalised (BOM, CRLF, blank lines).
+        for source, writer in ((main, train), (sidecar, test)):
+            for _, line in iter_lines(source.chunks()):
+                if line.strip():
+                    writer.write(line + b"\n")
+        note = f"train as uploaded, test from {sidecar.client.blob_name}"
+    train.commit()
+    test.commit()
+    services.runs.update(
+        record.run_id,
+        lambda r: (
+            r if r.train_path == train_name else r.moved(r.state, note, train_path=train_name, test_path=test_name)
+        ),
+    )
+    return train_name, test_name
+
+
+def _write_report(
+    upload: Upload,
+    *,
+    services: Services,
+    report: Report,
+    sidecar_report: Report | None,
+    run_id: str,
+    duplicate_of: RunRecord | None = None,
+) -> None:
+    from azure.storage.blob import ContentSettings
+
+    json_name, md_name = report_names(upload, services.settings)
+    document = report.to_dict()
+    document["run_id"] = run_id
+    document["upload"] = upload.name
+    if sidecar_report is not None:
+        document["sidecar"] = sidecar_report.to_dict()
+        document["valid"] = report.valid and sidecar_report.valid
+    markdown = report.to_markdown()
+    if sidecar_report is not None:
+        markdown += "\n\n## Test split (sidecar)\n\n" + sidecar_report.to_markdown()
+    if duplicate_of is not None:
+        document["duplicate_of"] = {"run_id": run_id, "dataset": duplicate_of.dataset, "state": str(duplicate_of.state)}
+        markdown = (
+            f"> **Duplicate upload**: same content as `{duplicate_of.dataset}`, run `{run_id}` "
+            f"({duplicate_of.state}). No new job was submitted.\n\n" + markdown
+        )
+    container = services.storage.container
+    container.upload_blob(
+        json_name,
+        orjson.dumps(document, option=orjson.OPT_INDENT_2),
+        overwrite=True,
+        content_settings=ContentSettings(content_type="application/json"),
+    )
+    container.upload_blob(
+        md_name, markdown.encode(), overwrite=True, content_settings=ContentSettings(content_type="text/markdown")
+    )
+
+
+def _write_refusal(upload: Upload, services: Services) -> None:
+    """A refused name still gets a report, under a name derived from its hash, never from itself."""
+    from azure.storage.blob import ContentSettings
+
+    json_name, md_name = report_names(upload, services.settings)
+    shown = ascii(upload.name)
+    document = {
+        "valid": False,
+        "upload": shown,
+        "errors": [{"line": None, "code": "name.unsafe", "message": f"blob name refused: {upload.reason}"}],
+        "stats": {},
+    }
+    container = services.storage.container
+    container.upload_blob(
+        json_name,
+        orjson.dumps(document, option=orjson.OPT_INDENT_2),
+        overwrite=True,
+        content_settings=ContentSettings(content_type="application/json"),
+    )
+    markdown = f"# Upload refused\n\nThe blob {shown} was not processed: {upload.reason}. Rename it and upload again.\n"
+    container.upload_blob(
+        md_name, markdown.encode(), overwrite=True, content_settings=ContentSettings(content_type="text/markdown")
+    )

@@ -1,0 +1,58 @@
+"""Shared test fixtures: one real Azurite per session, fresh storage names per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from shared import azurite as azurite_mod
+from shared.config import Settings
+from shared.services import Services, use_services
+from shared.storage import Storage
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[azurite_mod.Azurite]:
+    """Azurite from npm over its real protocol, on free loopback ports, stopped at the end."""
+    server = azurite_mod.start(tmp_path_factory.mktemp("azurite"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(azurite: azurite_mod.Azurite, tmp_path) -> Settings:
+    """Settings pointing at Azurite, with a container, table and queue of this test's own."""
+    suffix = uuid.uuid4().hex[:10]
+    return Settings(
+        storage=azurite.connection_string,
+        intake_container=f"datasets-{suffix}",
+        runs_table=f"runs{suffix}",
+        rollout_queue=f"rollout-{suffix}",
+        data_dir=tmp_path / "ftpilot",
+        min_examples_warning=10,
+    )
+
+
+@pytest.fixture
+def storage(settings: Settings) -> Storage:
+    store = Storage(settings)
+    store.ensure()
+    return store
+
+
+@pytest.fixture
+def fake_platform():
+    from tests.fakes.platform import FakePlatform
+
+    return FakePlatform()
+
+
+@pytest.fixture
+def services(settings: Settings, storage: Storage, fake_platform) -> Iterator[Services]:
+    """Services as the functions see them, with the fake ML platform installed process-wide."""
+    built = Services(settings, storage, fake_platform)
+    use_services(built)
+    yield built
+    use_services(None)
