@@ -2,7 +2,10 @@
 
 import azure.functions as func
 
+from functions.cleanup import bp as cleanup
 from functions.intake import bp as intake
+from functions.rollout import bp as rollout
 
 app = func.FunctionApp()
-app.register_functions(intake)
+for blueprint in (intake, rollout, cleanup):
+    app.register_functions(blueprint)

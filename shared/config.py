@@ -63,6 +63,25 @@ class Settings(BaseSettings):
         description='JSON object of pipeline inputs applied to every run, e.g. {"num_train_epochs": 1}.',
     )
 
+    # Rollout: job completion to a live endpoint.
+    event_topic: str | None = Field(
+        None,
+        description="Event Grid topic (workspace resource id) whose run events ftpilot acts on; "
+        "derived from subscription, resource group and workspace when unset.",
+    )
+    inference_instance_type: str = Field("Standard_NC6s_v3", description="VM size of each deployment.")
+    inference_instance_count: int = Field(1, ge=1, description="Instances per deployment.")
+    poll_interval_s: int = Field(60, ge=0, description="Delay before re-checking a long-running operation.")
+    deploy_timeout_s: int = Field(5400, gt=0, description="Give up on an endpoint or deployment after this long.")
+    smoke_timeout_s: float = Field(90, gt=0, description="Timeout of the smoke-test request.")
+
+    # Cleanup: idle endpoints ftpilot manages.
+    cleanup_schedule: str = Field("0 */15 * * * *", description="NCRONTAB schedule of the idle sweep.")
+    idle_window_s: int = Field(86400, gt=0, description="An endpoint that served no request for this long is deleted.")
+    cleanup_grace_s: int = Field(3600, ge=0, description="Endpoints younger than this are never deleted.")
+    cleanup_dry_run: bool = Field(False, description="Report what the sweep would delete, delete nothing.")
+    cleanup_concurrency: int = Field(16, ge=1, description="Endpoints checked at once.")
+
     # Local workspace.
     data_dir: Path = Field(Path(".ftpilot"), description="Local workspace state (jobs, MLflow, endpoints).")
 
@@ -72,6 +91,17 @@ class Settings(BaseSettings):
         """Prefixes are compared as strings: normalise to 'a/b/' or ''."""
         value = value.strip("/")
         return f"{value}/" if value else ""
+
+    @property
+    def topic(self) -> str:
+        """The workspace's Event Grid topic: the setting, or its resource id from the workspace settings."""
+        if self.event_topic:
+            return self.event_topic
+        from shared.events import workspace_topic
+
+        return workspace_topic(
+            self.subscription_id or "local", self.resource_group or "local", self.workspace_name or "local"
+        )
 
     @property
     def epochs(self) -> int:

@@ -37,6 +37,7 @@ class RunState(StrEnum):
     REGISTERED = "registered"
     DEPLOYING = "deploying"
     SMOKE_TESTING = "smoke_testing"
+    PROMOTING = "promoting"
     LIVE = "live"
     ROLLED_BACK = "rolled_back"
     RETIRED = "retired"
@@ -44,6 +45,13 @@ class RunState(StrEnum):
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def age_s(stamp: str) -> float:
+    """Seconds since an ISO timestamp written by ``now()`` (infinite when unset)."""
+    if not stamp:
+        return float("inf")
+    return (datetime.now(UTC) - datetime.fromisoformat(stamp)).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,11 @@ class RunRecord:
     endpoint: str = ""
     deployment: str = ""
     reason: str = ""
+    last_error: str = ""
+    phase_started_at: str = ""
+    poll_token: str = ""
+    poll_due_at: str = ""
+    sweep_note: str = ""
     duplicates: list[str] = field(default_factory=list)
     created_at: str = field(default_factory=now)
     updated_at: str = field(default_factory=now)

@@ -32,6 +32,7 @@ def settings(azurite: azurite_mod.Azurite, tmp_path) -> Settings:
         rollout_queue=f"rollout-{suffix}",
         data_dir=tmp_path / "ftpilot",
         min_examples_warning=10,
+        poll_interval_s=0,
     )
 
 

@@ -1,33 +1,78 @@
 """An in-memory ML platform that behaves like the service where the tests need it.
 
-Azure ML cannot exist here, so the intake and rollout tests run against this fake of the
-port: job names are unique (creating one twice is a conflict), jobs move through states
-only when the test says so, and configuration errors can be switched on. It is a stand-in
-for the service, not for ftpilot's code: the domain logic under test is all real.
+Azure ML cannot exist here, so intake, rollout and cleanup tests run against this fake of
+the port. It keeps state like the service does: job names are unique, endpoints and
+deployments are long-running operations that stay ``creating`` for a few reads before they
+succeed (or fail, when a test says so), creating an existing name is a conflict, traffic
+must name existing deployments, deletes are idempotent. It stands in for the service only:
+the domain logic under test is all real.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from shared.platform.port import (
     ConflictError,
+    DeploymentInfo,
+    DeploymentRequest,
+    EndpointInfo,
+    EndpointRequest,
     FineTuneRequest,
     JobInfo,
     JobStatus,
+    ModelInfo,
+    ModelRequest,
+    NotFoundError,
     PlatformConfigError,
+    PlatformError,
+    ProvisioningState,
 )
+
+READS_TO_PROVISION = 2
+
+
+class WorkerKilled(BaseException):
+    """Raised after an operation took effect, as if the worker died right then."""
+
+
+@dataclass
+class _Endpoint:
+    info: EndpointInfo
+    pending: int = READS_TO_PROVISION
+    deployments: dict[str, DeploymentInfo] = field(default_factory=dict)
+    pending_deployments: dict[str, int] = field(default_factory=dict)
+    requests: int = 0
 
 
 class FakePlatform:
     def __init__(self) -> None:
         self.jobs: dict[str, JobInfo] = {}
         self.requests: dict[str, FineTuneRequest] = {}
+        self.metrics: dict[str, dict[str, float]] = {}
+        self.models: dict[tuple[str, str], ModelInfo] = {}
+        self.endpoints: dict[str, _Endpoint] = {}
+        self.calls: Counter[str] = Counter()
         self.creates = 0
         self.compute_error: str | None = None
-        self._lock = threading.Lock()
+        self.fail_deployments = False
+        self.stuck_deployments = False
+        self.undeletable: set[str] = set()
+        self.answer: Any = {"output": "Tides come from the moon's pull."}
+        self.kill_after: str | None = None  # method name: the worker "dies" after it takes effect, once
+        self._lock = threading.RLock()
 
+    def _called(self, method: str) -> None:
+        self.calls[method] += 1
+        if self.kill_after == method:
+            self.kill_after = None
+            raise WorkerKilled(method)
+
+    # Jobs ---------------------------------------------------------------------------------
     def _create_job(self, request: FineTuneRequest) -> JobInfo:
         with self._lock:
             if request.job_name in self.jobs:
@@ -56,7 +101,155 @@ class FakePlatform:
             return self.jobs[request.job_name]
 
     def get_job(self, name: str) -> JobInfo | None:
-        return self.jobs.get(name)
+        job = self.jobs.get(name)
+        self._called("get_job")
+        return job
 
     def set_job(self, name: str, status: JobStatus, error: str | None = None) -> None:
         self.jobs[name] = replace(self.jobs[name], status=status, error=error)
+        if status is JobStatus.COMPLETED:
+            self.metrics[name] = {"train_loss": 1.5, "eval_loss": 1.75}
+
+    def get_job_metrics(self, name: str) -> dict[str, float]:
+        self._called("get_job_metrics")
+        return dict(self.metrics.get(name, {}))
+
+    # Models -------------------------------------------------------------------------------
+    def register_model(self, request: ModelRequest) -> ModelInfo:
+        with self._lock:
+            key = (request.name, request.version)
+            if key not in self.models:
+                if request.job_name not in self.jobs:
+                    raise NotFoundError(f"job {request.job_name} has no trained_model output")
+                self.models[key] = ModelInfo(
+                    request.name, request.version, f"azureml:{request.name}:{request.version}", dict(request.tags)
+                )
+            model = self.models[key]
+        self._called("register_model")
+        return model
+
+    def get_model(self, name: str, version: str) -> ModelInfo | None:
+        return self.models.get((name, version))
+
+    # Endpoints ----------------------------------------------------------------------------
+    def get_endpoint(self, name: str) -> EndpointInfo | None:
+        with self._lock:
+            endpoint = self.endpoints.get(name)
+            if endpoint is None:
+                return None
+            if endpoint.pending > 0:
+                endpoint.pending -= 1
+                if endpoint.pending == 0:
+                    endpoint.info = replace(endpoint.info, state=ProvisioningState.SUCCEEDED)
+            info = endpoint.info
+        self._called("get_endpoint")
+        return info
+
+    def list_endpoints(self) -> list[EndpointInfo]:
+        return [e.info for e in self.endpoints.values()]
+
+    def begin_create_endpoint(self, request: EndpointRequest) -> None:
+        with self._lock:
+            if request.name in self.endpoints:
+                raise ConflictError(f"endpoint {request.name} already exists")
+            self.endpoints[request.name] = _Endpoint(
+                EndpointInfo(
+                    request.name,
+                    ProvisioningState.CREATING,
+                    f"https://{request.name}.fake/score",
+                    {},
+                    dict(request.tags),
+                )
+            )
+        self._called("begin_create_endpoint")
+
+    def begin_delete_endpoint(self, name: str) -> None:
+        if name in self.undeletable:
+            raise PlatformError(f"endpoint {name}: delete rejected (409 Conflict: an operation is in progress)")
+        with self._lock:
+            self.endpoints.pop(name, None)
+        self._called("begin_delete_endpoint")
+
+    def begin_set_traffic(self, endpoint_name: str, traffic: Mapping[str, int]) -> None:
+        with self._lock:
+            endpoint = self._endpoint(endpoint_name)
+            unknown = set(traffic) - set(endpoint.deployments)
+            if unknown:
+                raise PlatformError(f"traffic names unknown deployments {sorted(unknown)}")
+            endpoint.info = replace(endpoint.info, traffic=dict(traffic), state=ProvisioningState.UPDATING)
+            endpoint.pending = READS_TO_PROVISION
+        self._called("begin_set_traffic")
+
+    def _endpoint(self, name: str) -> _Endpoint:
+        if name not in self.endpoints:
+            raise NotFoundError(f"endpoint {name} does not exist")
+        return self.endpoints[name]
+
+    # Deployments --------------------------------------------------------------------------
+    def begin_create_deployment(self, request: DeploymentRequest) -> None:
+        with self._lock:
+            endpoint = self._endpoint(request.endpoint_name)
+            if request.name in endpoint.deployments:
+                raise ConflictError(f"deployment {request.name} already exists")
+            endpoint.deployments[request.name] = DeploymentInfo(
+                request.endpoint_name, request.name, ProvisioningState.CREATING, request.model_id
+            )
+            endpoint.pending_deployments[request.name] = READS_TO_PROVISION
+        self._called("begin_create_deployment")
+
+    def get_deployment(self, endpoint_name: str, name: str) -> DeploymentInfo | None:
+        with self._lock:
+            endpoint = self.endpoints.get(endpoint_name)
+            if endpoint is None or name not in endpoint.deployments:
+                return None
+            if endpoint.pending_deployments.get(name, 0) > 0 and not self.stuck_deployments:
+                endpoint.pending_deployments[name] -= 1
+                if endpoint.pending_deployments[name] == 0:
+                    final = ProvisioningState.FAILED if self.fail_deployments else ProvisioningState.SUCCEEDED
+                    error = "OutOfQuota: not enough quota for Standard_NC6s_v3" if self.fail_deployments else None
+                    endpoint.deployments[name] = replace(endpoint.deployments[name], state=final, error=error)
+            info = endpoint.deployments[name]
+        self._called("get_deployment")
+        return info
+
+    def list_deployments(self, endpoint_name: str) -> list[DeploymentInfo]:
+        endpoint = self.endpoints.get(endpoint_name)
+        return list(endpoint.deployments.values()) if endpoint else []
+
+    def begin_delete_deployment(self, endpoint_name: str, name: str) -> None:
+        with self._lock:
+            endpoint = self.endpoints.get(endpoint_name)
+            if endpoint is not None:
+                if endpoint.info.traffic.get(name):
+                    raise PlatformError(f"deployment {name} still takes traffic")
+                endpoint.deployments.pop(name, None)
+                endpoint.info = replace(
+                    endpoint.info, traffic={k: v for k, v in endpoint.info.traffic.items() if k != name}
+                )
+        self._called("begin_delete_deployment")
+
+    def invoke(self, endpoint_name: str, deployment_name: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
+        with self._lock:
+            endpoint = self._endpoint(endpoint_name)
+            deployment = endpoint.deployments.get(deployment_name)
+            if deployment is None or deployment.state is not ProvisioningState.SUCCEEDED:
+                raise PlatformError(f"deployment {deployment_name} cannot take requests")
+            conversations = payload["input_data"]["input_string"]
+            assert conversations and conversations[0][-1]["role"] == "user"
+            endpoint.requests += 1
+        self._called("invoke")
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    def endpoint_request_count(self, name: str, window_s: float) -> int:
+        endpoint = self.endpoints.get(name)
+        return endpoint.requests if endpoint else 0
+
+    # What a test sets up and asserts on ---------------------------------------------------
+    def add_endpoint(self, name: str, *, tags: Mapping[str, str], created_at: str, requests: int = 0) -> None:
+        info = EndpointInfo(name, ProvisioningState.SUCCEEDED, f"https://{name}.fake/score", {}, dict(tags), created_at)
+        self.endpoints[name] = _Endpoint(info, pending=0, requests=requests)
+
+    def live_deployments(self) -> list[tuple[str, str]]:
+        return [(e, d) for e, ep in self.endpoints.items() for d in ep.deployments]

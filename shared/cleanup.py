@@ -1,0 +1,115 @@
+"""The idle sweep: delete the endpoints ftpilot manages that nobody has used, and nothing else.
+
+An endpoint is a candidate only if it carries ftpilot's ``managed-by`` tag. It is deleted
+when it served no request in the whole idle window, is older than the grace period, has no
+opt-out tag, and its run is not in the middle of a rollout. Every decision is written to the
+run record; a failed delete is reported and, since the endpoint is still there, retried on
+the next tick. Endpoints are checked concurrently with a bound: each check is a network call
+(Azure Monitor) and a fleet can be hundreds of endpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE
+from shared.platform.port import EndpointInfo
+from shared.rollout import ROLLOUT_STATES
+from shared.runs import RunRecord, RunState, now
+from shared.services import Services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    endpoint: str
+    action: str  # deleted | would_delete | kept | failed
+    reason: str
+    run_id: str = ""
+
+
+def managed(endpoint: EndpointInfo) -> bool:
+    return endpoint.tags.get(MANAGED_TAG) == MANAGED_VALUE
+
+
+def _age_s(endpoint: EndpointInfo) -> float:
+    if not endpoint.created_at:
+        return float("inf")  # unknown age: the grace period cannot protect it
+    created = datetime.fromisoformat(endpoint.created_at)
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - created).total_seconds()
+
+
+def _run_for(endpoint: str, runs: list[RunRecord]) -> RunRecord | None:
+    """The run that owns the endpoint now: one mid-rollout first, else the most recent."""
+    mine = [r for r in runs if r.endpoint == endpoint]
+    rolling = [r for r in mine if r.state in ROLLOUT_STATES]
+    return (rolling or sorted(mine, key=lambda r: r.updated_at))[-1] if mine else None
+
+
+def _decide(endpoint: EndpointInfo, run: RunRecord | None, services: Services, dry_run: bool) -> Decision:
+    settings = services.settings
+    run_id = run.run_id if run else ""
+    if endpoint.tags.get(KEEP_TAG, "").lower() in ("1", "true", "yes"):
+        return Decision(endpoint.name, "kept", f"opted out with the {KEEP_TAG} tag", run_id)
+    age = _age_s(endpoint)
+    if age < settings.cleanup_grace_s:
+        return Decision(endpoint.name, "kept", f"younger than the {settings.cleanup_grace_s} s grace period", run_id)
+    if run is not None and run.state in ROLLOUT_STATES:
+        return Decision(endpoint.name, "kept", f"run {run.run_id} is mid-rollout ({run.state})", run_id)
+    served = services.platform.endpoint_request_count(endpoint.name, settings.idle_window_s)
+    if served:
+        return Decision(
+            endpoint.name, "kept", f"served {served} requests in the last {settings.idle_window_s} s", run_id
+        )
+    idle = f"no requests in the last {settings.idle_window_s} s"
+    if dry_run:
+        return Decision(endpoint.name, "would_delete", idle, run_id)
+    try:
+        services.platform.begin_delete_endpoint(endpoint.name)
+    except Exception as error:
+        return Decision(
+            endpoint.name, "failed", f"delete failed ({type(error).__name__}: {error}); retried next tick", run_id
+        )
+    return Decision(endpoint.name, "deleted", idle, run_id)
+
+
+def _record(decision: Decision, services: Services) -> None:
+    if not decision.run_id:
+        return
+    note = f"{now()} sweep: {decision.action}: {decision.reason}"
+
+    def change(run: RunRecord) -> RunRecord:
+        if decision.action == "deleted" and run.state is RunState.LIVE:
+            return replace(
+                run.moved(RunState.RETIRED, f"endpoint {decision.endpoint} deleted: {decision.reason}"), sweep_note=note
+            )
+        return replace(run, sweep_note=note)
+
+    services.runs.update(decision.run_id, change)
+
+
+def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
+    """One tick of the idle sweep; returns every decision, for logs and the CLI."""
+    dry_run = services.settings.cleanup_dry_run if dry_run is None else dry_run
+    endpoints = [e for e in services.platform.list_endpoints() if managed(e)]
+    runs = list(services.runs.all())
+
+    def one(endpoint: EndpointInfo) -> Decision:
+        run = _run_for(endpoint.name, runs)
+        try:
+            decision = _decide(endpoint, run, services, dry_run)
+        except Exception as error:  # one endpoint's trouble must not stop the sweep
+            decision = Decision(endpoint.name, "failed", f"{type(error).__name__}: {error}", run.run_id if run else "")
+        if not dry_run:
+            _record(decision, services)
+        log.info("cleanup: %s %s: %s", decision.endpoint, decision.action, decision.reason)
+        return decision
+
+    with ThreadPoolExecutor(max_workers=services.settings.cleanup_concurrency) as pool:
+        return list(pool.map(one, endpoints))

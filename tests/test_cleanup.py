@@ -1,0 +1,124 @@
+"""The idle sweep over a mixed fleet: only idle, old, managed, settled endpoints go."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from functions.cleanup import cleanup
+from shared.cleanup import sweep
+from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE
+from shared.runs import RunRecord, RunState
+from shared.services import Services
+
+MANAGED = {MANAGED_TAG: MANAGED_VALUE}
+
+
+def ago(hours: float) -> str:
+    return (datetime.now(UTC) - timedelta(hours=hours)).isoformat()
+
+
+def run(services: Services, run_id: str, endpoint: str, state: RunState) -> None:
+    record = RunRecord(run_id=run_id, dataset=f"incoming/{run_id}.jsonl", sha256="s", endpoint=endpoint)
+    services.runs.claim(record.moved(state))
+
+
+@pytest.fixture
+def fleet(services: Services, fake_platform):
+    fake = fake_platform
+    fake.add_endpoint("ft-idle", tags=MANAGED, created_at=ago(48))
+    fake.add_endpoint("ft-busy", tags=MANAGED, created_at=ago(48), requests=12)
+    fake.add_endpoint("ft-young", tags=MANAGED, created_at=ago(0.1))
+    fake.add_endpoint("ft-kept", tags={**MANAGED, KEEP_TAG: "true"}, created_at=ago(48))
+    fake.add_endpoint("ft-rolling", tags=MANAGED, created_at=ago(48))
+    fake.add_endpoint("team-prod", tags={"owner": "team"}, created_at=ago(500))
+    fake.add_endpoint("untagged", tags={}, created_at=ago(500))
+    fake.add_endpoint("lookalike", tags={MANAGED_TAG: "someone-else"}, created_at=ago(500))
+    run(services, "r-idle", "ft-idle", RunState.LIVE)
+    run(services, "r-busy", "ft-busy", RunState.LIVE)
+    run(services, "r-rolling", "ft-rolling", RunState.SMOKE_TESTING)
+    return fake
+
+
+def test_mixed_fleet(services: Services, fleet) -> None:
+    decisions = {d.endpoint: d for d in sweep(services)}
+
+    assert set(fleet.endpoints) == {
+        "ft-busy",
+        "ft-young",
+        "ft-kept",
+        "ft-rolling",
+        "team-prod",
+        "untagged",
+        "lookalike",
+    }
+    assert set(decisions) == {"ft-idle", "ft-busy", "ft-young", "ft-kept", "ft-rolling"}
+    assert decisions["ft-idle"].action == "deleted"
+    assert "served 12 requests" in decisions["ft-busy"].reason
+    assert "grace period" in decisions["ft-young"].reason
+    assert "opted out" in decisions["ft-kept"].reason
+    assert "mid-rollout" in decisions["ft-rolling"].reason
+
+    idle = services.runs.get("r-idle")
+    assert idle.state is RunState.RETIRED
+    assert "deleted" in idle.history[-1]["note"]
+    assert "sweep: kept: served 12 requests" in services.runs.get("r-busy").sweep_note
+    assert "mid-rollout" in services.runs.get("r-rolling").sweep_note
+    assert services.runs.get("r-rolling").state is RunState.SMOKE_TESTING
+
+
+def test_unmanaged_endpoints_are_never_touched_whatever_their_traffic(services: Services, fake_platform) -> None:
+    for i in range(20):
+        fake_platform.add_endpoint(f"other-{i}", tags={"owner": "x"} if i % 2 else {}, created_at=ago(1000))
+    assert sweep(services) == []
+    assert len(fake_platform.endpoints) == 20
+    assert fake_platform.calls["begin_delete_endpoint"] == 0
+
+
+def test_dry_run_reports_and_deletes_nothing(services: Services, fleet) -> None:
+    decisions = {d.endpoint: d for d in sweep(services, dry_run=True)}
+    assert decisions["ft-idle"].action == "would_delete"
+    assert "ft-idle" in fleet.endpoints
+    assert services.runs.get("r-idle").state is RunState.LIVE
+
+
+def test_dry_run_setting(services: Services, fleet) -> None:
+    dry = Services(services.settings.model_copy(update={"cleanup_dry_run": True}), services.storage, fleet)
+    assert {d.action for d in sweep(dry)} == {"would_delete", "kept"}
+    assert "ft-idle" in fleet.endpoints
+
+
+def test_failed_delete_is_recorded_and_retried_next_tick(services: Services, fleet) -> None:
+    fleet.undeletable.add("ft-idle")
+    first = {d.endpoint: d for d in sweep(services)}
+    assert first["ft-idle"].action == "failed"
+    assert "409 Conflict" in first["ft-idle"].reason
+    assert "retried next tick" in services.runs.get("r-idle").sweep_note
+    assert services.runs.get("r-idle").state is RunState.LIVE
+
+    fleet.undeletable.clear()
+    second = {d.endpoint: d for d in sweep(services)}
+    assert second["ft-idle"].action == "deleted"
+    assert "ft-idle" not in fleet.endpoints
+
+
+def test_endpoint_without_a_run_record_is_still_swept(services: Services, fake_platform) -> None:
+    fake_platform.add_endpoint("ft-orphan", tags=MANAGED, created_at=ago(48))
+    (decision,) = sweep(services)
+    assert decision.action == "deleted" and decision.run_id == ""
+
+
+def test_timer_function_runs_the_sweep(services: Services, fleet) -> None:
+    from azure.functions.timer import TimerRequest
+
+    import function_app
+
+    (binding,) = next(
+        f for f in function_app.app.get_functions() if f.get_function_name() == "cleanup"
+    ).get_bindings_dict()["bindings"]
+    assert binding["type"] == "timerTrigger"
+    assert binding["schedule"] == "%FTPILOT_CLEANUP_SCHEDULE%"
+    assert binding["runOnStartup"] is False
+    cleanup(TimerRequest(past_due=False))  # the class the worker builds
+    assert "ft-idle" not in fleet.endpoints
