@@ -17,7 +17,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-FineTuneValue = str | int | float
+# bool first: JSON true must stay a boolean (the adapter sends "true"), not become 1.
+FineTuneValue = bool | str | int | float
 
 
 class Settings(BaseSettings):
@@ -84,6 +85,11 @@ class Settings(BaseSettings):
 
     # Local workspace.
     data_dir: Path = Field(Path(".ftpilot"), description="Local workspace state (jobs, MLflow, endpoints).")
+    local_base_model: str | None = Field(
+        None,
+        description="Hugging Face id (already in the local cache) or model folder that local jobs fine-tune; "
+        "when unset or not loadable offline, a tiny random model of the requested family stands in.",
+    )
 
     @field_validator("intake_prefix", "reports_prefix", "prepared_prefix")
     @classmethod

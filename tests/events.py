@@ -7,9 +7,8 @@ import json
 from typing import Any
 
 import azure.functions as func
-from azure.functions.eventgrid import EventGridEventInConverter
-from azure.functions.meta import Datum
 
+from shared.host.deliveries import event_grid
 from tests.paths import EVENTS
 
 
@@ -41,4 +40,4 @@ def run_event(
 
 def delivered(event: dict[str, Any]) -> func.EventGridEvent | func.CloudEvent:
     """The object the Python worker hands the function for this event (its own converter)."""
-    return EventGridEventInConverter.decode(Datum(json.dumps(event), "json"), trigger_metadata={})
+    return event_grid(event)

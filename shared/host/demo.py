@@ -1,0 +1,116 @@
+"""The README's first command: the whole product on one machine, start to finish.
+
+Starts the local host (Azurite, local workspace), uploads a dataset, and lets the user
+watch ftpilot validate it, fine-tune, register, deploy, smoke-test, answer a chat request
+and finally delete the idle endpoint. The demo shortens only the waits (poll interval,
+idle window, sweep schedule); every step is the real one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from shared.config import Settings
+from shared.host.runner import LocalHost
+from shared.runs import RunRecord, RunState
+from shared.sample_data import jsonl
+
+DEMO_SETTINGS = {
+    "FTPILOT_POLL_INTERVAL_S": "2",
+    "FTPILOT_IDLE_WINDOW_S": "40",
+    "FTPILOT_CLEANUP_GRACE_S": "0",
+    "FTPILOT_CLEANUP_SCHEDULE": "*/5 * * * * *",
+}
+END_STATES = {RunState.INVALID, RunState.SUBMIT_FAILED, RunState.FAILED, RunState.CANCELED, RunState.ROLLED_BACK}
+
+
+class DemoFailed(Exception):
+    pass
+
+
+def demo_settings() -> Settings:
+    """The user's settings, with the demo's short waits unless they set their own."""
+    for key, value in DEMO_SETTINGS.items():
+        os.environ.setdefault(key, value)
+    return Settings()
+
+
+def _wait_for(
+    host: LocalHost, run_id: str, done: Callable[[RunRecord], bool], timeout_s: float, what: str
+) -> RunRecord:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = host.services.runs.get(run_id) if host.services else None
+        if record is not None and done(record):
+            return record
+        if record is not None and record.state in END_STATES:
+            raise DemoFailed(f"run {run_id} ended {record.state}: {record.reason}")
+        time.sleep(1)
+    raise DemoFailed(f"{what} did not happen within {timeout_s:.0f} s")
+
+
+def _ask(host: LocalHost, record: RunRecord, out: Callable[[str], None]) -> None:
+    """Call the endpoint the way a client would: its scoring URI, its key, the scoring contract."""
+    import httpx
+
+    platform = host.services.platform
+    endpoint = platform.get_endpoint(record.endpoint)
+    question = [{"role": "user", "content": "Tell me about tides."}]
+    body = {"input_data": {"input_string": [question], "parameters": {"max_new_tokens": 40, "do_sample": False}}}
+    response = httpx.post(
+        endpoint.scoring_uri,
+        json=body,
+        headers={"Authorization": f"Bearer {platform.get_endpoint_key(record.endpoint)}"},
+        timeout=60,
+    )
+    response.raise_for_status()
+    out(f"\nYou:   {question[0]['content']}\nModel: {response.json()['output']!r}")
+    out("(a tiny model trained for a minute: expect it to echo the sample's style, not to be smart)\n")
+
+
+def run_demo(dataset: Path | None, out: Callable[[str], None] = print, timeout_s: float = 900) -> RunRecord:
+    """Run the whole flow once; return the final run record (raises DemoFailed with the reason)."""
+    settings = demo_settings()
+    host = LocalHost(settings, out)
+    services = host.start()
+    worker = threading.Thread(target=host.run, kwargs={"interval_s": 0.5}, daemon=True)
+    worker.start()
+    try:
+        content = dataset.read_bytes() if dataset else jsonl(160, seed=time.time_ns() % 100_000)
+        name = f"{settings.intake_prefix}{dataset.name if dataset else 'sample-chat.jsonl'}"
+        services.storage.blob(name).upload_blob(content, overwrite=True)
+        out(f"Uploaded {len(content):,} bytes to {settings.intake_container}/{name}\n")
+
+        from shared.intake import run_id_for
+        from shared.validation import ValidationOptions, validate_chunks
+
+        sha = validate_chunks([content], ValidationOptions.from_settings(settings), source=name).sha256
+        run_id = run_id_for(sha)
+        live = _wait_for(host, run_id, lambda r: r.state is RunState.LIVE, timeout_s, "going live")
+        _ask(host, live, out)
+        out(f"Waiting for the idle sweep ({settings.idle_window_s} s without requests)...")
+        final = _wait_for(
+            host, run_id, lambda r: r.state is RunState.RETIRED, settings.idle_window_s + 120, "the idle sweep"
+        )
+        time.sleep(1)  # let the printer show the last step
+        return final
+    finally:
+        host.stop()
+        worker.join(timeout=10)
+
+
+def next_steps(settings: Settings) -> str:
+    data = Path(settings.data_dir)
+    return f"""
+Where to look next:
+  python -m shared.cli status                 every run: state, job, model, endpoint, reason
+  .venv/bin/mlflow ui --backend-store-uri sqlite:///{data}/mlflow.db
+                                              training/eval loss by step, registered models
+  python -m shared.cli up                     keep the local host running; drop .jsonl files into
+                                              {settings.intake_container}/{settings.intake_prefix} (Azurite) to fine-tune
+  python -m shared.cli validate FILE --show 3 check a dataset before uploading it
+"""

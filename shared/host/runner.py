@@ -1,0 +1,145 @@
+"""The local host: the same triggers Azure delivers, delivered to the same functions, on one machine.
+
+Azurite stands in for the storage account and the local workspace for Azure ML. Each pass
+delivers what is pending: new blobs in the intake container to the blob function, run
+events from the workspace's outbox to the Event Grid function, queue messages to the
+rollout workers, and the idle sweep when its schedule says so. What happens is printed as
+it happens, from the run records: the same records ``status`` shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared import azurite
+from shared.config import Settings
+from shared.host.blobs import BlobWatcher
+from shared.host.deliveries import event_grid, timer
+from shared.host.queues import deliver, poison_queue
+from shared.host.timer import Schedule
+from shared.runs import RunRecord
+from shared.services import Services, use_services
+from shared.storage import Storage
+
+log = logging.getLogger(__name__)
+DEFAULT_PORTS = (10000, 10001, 10002)
+
+
+def storage_ports(connection: str) -> tuple[int, int, int] | None:
+    """Loopback ports a connection string points at, or None when it names a real account."""
+    if connection.strip().rstrip(";").lower() == "usedevelopmentstorage=true":
+        return DEFAULT_PORTS
+    ports = []
+    for service in ("Blob", "Queue", "Table"):
+        match = re.search(rf"{service}Endpoint=https?://(?:127\.0\.0\.1|localhost):(\d+)", connection, re.IGNORECASE)
+        if not match:
+            return None
+        ports.append(int(match.group(1)))
+    return ports[0], ports[1], ports[2]
+
+
+@dataclass
+class RunPrinter:
+    """Print each run's new history entries, metrics and endpoint as they appear."""
+
+    out: Callable[[str], None] = print
+    _seen: dict[str, int] = field(default_factory=dict)
+
+    def update(self, records: list[RunRecord], scoring_uri: Callable[[str], str | None]) -> None:
+        for record in records:
+            shown = self._seen.get(record.run_id, 0)
+            for entry in record.history[shown:]:
+                note = f" - {entry['note']}" if entry.get("note") else ""
+                self.out(f"[{entry['at'][11:19]}] run {record.run_id[:8]} {record.dataset}: {entry['state']}{note}")
+                if entry["state"] in ("invalid", "failed", "rolled_back", "submit_failed") and record.reason:
+                    self.out(f"           reason: {record.reason}")
+                if entry["state"] == "succeeded" and record.metrics:
+                    metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(record.metrics.items()))
+                    self.out(f"           metrics: {metrics}")
+                if entry["state"] == "live":
+                    self.out(f"           endpoint {record.endpoint}: {scoring_uri(record.endpoint)}")
+            self._seen[record.run_id] = len(record.history)
+
+
+class LocalHost:
+    """Start with ``start()``, call ``step()`` (or ``run()`` until stopped), end with ``stop()``."""
+
+    def __init__(self, settings: Settings, out: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.out = out
+        self.printer = RunPrinter(out)
+        self.stopping = threading.Event()
+        self._azurite: azurite.Azurite | None = None
+        self.services: Services | None = None
+
+    def start(self) -> Services:
+        from shared.platform.local import LocalPlatform
+
+        settings = self.settings
+        ports = storage_ports(settings.storage)
+        if ports is not None and not all(azurite.listening(p) for p in ports):
+            self._azurite = azurite.start(Path(settings.data_dir) / "azurite", ports)
+            self.out(f"Azurite started on ports {ports[0]}-{ports[2]} (data in {settings.data_dir}/azurite)")
+        storage = Storage(settings)
+        storage.ensure()
+        platform = LocalPlatform(settings)
+        platform.recover()
+        self.services = Services(settings, storage, platform)
+        use_services(self.services)
+        self._blobs = BlobWatcher(storage.container, settings.intake_prefix, Path(settings.data_dir) / "host-blobs.json")
+        self._poison = poison_queue(storage.queue)
+        self._schedule = Schedule(settings.cleanup_schedule)
+        self.out(
+            f"ftpilot local host: watching {settings.intake_container}/{settings.intake_prefix}, "
+            f"workspace in {settings.data_dir}"
+        )
+        return self.services
+
+    def step(self) -> None:
+        """Deliver everything pending once."""
+        from functions.cleanup import cleanup
+        from functions.intake import intake
+        from functions.rollout import rollout, rollout_poison, run_events
+        from shared.platform.local.events import drain_events
+
+        services = self.services
+        assert services is not None, "start() first"
+        self._blobs.deliver(intake)
+        services.platform.tick()
+        for delivery in drain_events(Path(self.settings.data_dir)):
+            for event in delivery.events:
+                run_events(event_grid(event))
+            delivery.ack()
+        deliver(services.storage.queue, rollout, visibility_timeout=60)
+        deliver(self._poison, rollout_poison, visibility_timeout=60)
+        if self._schedule.due():
+            cleanup(timer())
+        self.printer.update(list(services.runs.all()), self._scoring_uri)
+
+    def _scoring_uri(self, endpoint: str) -> str | None:
+        info = self.services.platform.get_endpoint(endpoint) if self.services else None
+        return info.scoring_uri if info else None
+
+    def run(self, interval_s: float = 1.0) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.step()
+            except Exception:
+                log.exception("local host: a delivery pass failed; trying again")
+            self.stopping.wait(interval_s)
+
+    def stop(self) -> None:
+        """Stop every process this host started; state stays on disk for the next start."""
+        self.stopping.set()
+        if self.services is not None:
+            self.services.platform.shutdown()
+            use_services(None)
+        if self._azurite is not None:
+            self._azurite.stop()
+            self._azurite = None
+        self.out("ftpilot local host stopped; nothing left running.")

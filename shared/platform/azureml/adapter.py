@@ -1,0 +1,150 @@
+"""``AzureMLPlatform``: the port on Azure Machine Learning, as the foundation-models walkthrough does it.
+
+The adapter holds its clients and hands each call to the module that knows the subject (submit,
+models, rollout, scoring, metrics, monitor). Clients are built on first use, not in the constructor:
+``import azure.ai.ml`` alone takes seconds and the registry client resolves its registry over the
+network, which a function that only reads a job's status should not pay for. Tests inject fakes of
+every client instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from shared.config import Settings
+from shared.platform.azureml import clients, models, monitor, rollout, scoring, submit
+from shared.platform.azureml.metrics import JobMetricsReader, MlflowRestMetricsReader
+from shared.platform.port import (
+    DeploymentInfo,
+    DeploymentRequest,
+    EndpointInfo,
+    EndpointRequest,
+    FineTuneRequest,
+    JobInfo,
+    ModelInfo,
+    ModelRequest,
+    PlatformConfigError,
+)
+
+if TYPE_CHECKING:
+    from azure.ai.ml import MLClient
+    from azure.core.credentials import TokenCredential
+    from azure.mgmt.monitor import MonitorManagementClient
+
+
+class AzureMLPlatform:
+    """Jobs, models and managed online endpoints in one Azure ML workspace (``MLPlatform``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        ml_client: MLClient | None = None,
+        registry_client: MLClient | None = None,
+        credential: TokenCredential | None = None,
+        metrics_reader: JobMetricsReader | None = None,
+        monitor_client: MonitorManagementClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self._ml_client = ml_client
+        self._registry_client = registry_client
+        self._credential = credential
+        self._metrics_reader = metrics_reader
+        self._monitor_client = monitor_client
+
+    # Clients, built on first use
+
+    @property
+    def credential(self) -> TokenCredential:
+        if self._credential is None:
+            self._credential = clients.default_credential()
+        return self._credential
+
+    @property
+    def ml_client(self) -> MLClient:
+        if self._ml_client is None:
+            clients.check_workspace_settings(self.settings)  # before a credential is built for nothing
+            self._ml_client = clients.workspace_client(self.settings, self.credential)
+        return self._ml_client
+
+    @property
+    def registry_client(self) -> MLClient:
+        if self._registry_client is None:
+            self._registry_client = clients.registry_client(self.settings, self.credential)
+        return self._registry_client
+
+    @property
+    def metrics_reader(self) -> JobMetricsReader:
+        if self._metrics_reader is None:
+            workspace = self.ml_client.workspaces.get(self.ml_client.workspace_name)
+            if not workspace.mlflow_tracking_uri:
+                raise PlatformConfigError(f"workspace {workspace.name} reports no MLflow tracking URI")
+            self._metrics_reader = MlflowRestMetricsReader(workspace.mlflow_tracking_uri, self.credential)
+        return self._metrics_reader
+
+    @property
+    def monitor_client(self) -> MonitorManagementClient:
+        if self._monitor_client is None:
+            self._monitor_client = clients.monitor_client(self.credential, self.ml_client.subscription_id)
+        return self._monitor_client
+
+    # Jobs
+
+    def submit_finetune(self, request: FineTuneRequest) -> JobInfo:
+        return submit.submit_finetune(self.ml_client, self.registry_client, self.settings, request)
+
+    def get_job(self, name: str) -> JobInfo | None:
+        job = submit.find_job(self.ml_client, name)
+        return None if job is None else submit.job_info(job)
+
+    def get_job_metrics(self, name: str) -> dict[str, float]:
+        return self.metrics_reader.final_metrics(name)
+
+    # Models
+
+    def register_model(self, request: ModelRequest) -> ModelInfo:
+        return models.register_model(self.ml_client, request)
+
+    def get_model(self, name: str, version: str) -> ModelInfo | None:
+        model = models.find_model(self.ml_client, name, version)
+        return None if model is None else models.model_info(model)
+
+    # Endpoints and deployments
+
+    def get_endpoint(self, name: str) -> EndpointInfo | None:
+        return rollout.get_endpoint(self.ml_client, name)
+
+    def list_endpoints(self) -> list[EndpointInfo]:
+        return rollout.list_endpoints(self.ml_client)
+
+    def begin_create_endpoint(self, request: EndpointRequest) -> None:
+        rollout.begin_create_endpoint(self.ml_client, request)
+
+    def get_deployment(self, endpoint_name: str, name: str) -> DeploymentInfo | None:
+        return rollout.get_deployment(self.ml_client, endpoint_name, name)
+
+    def list_deployments(self, endpoint_name: str) -> list[DeploymentInfo]:
+        return rollout.list_deployments(self.ml_client, endpoint_name)
+
+    def begin_create_deployment(self, request: DeploymentRequest) -> None:
+        rollout.begin_create_deployment(self.ml_client, request)
+
+    def begin_set_traffic(self, endpoint_name: str, traffic: Mapping[str, int]) -> None:
+        rollout.begin_set_traffic(self.ml_client, endpoint_name, traffic)
+
+    def begin_delete_deployment(self, endpoint_name: str, name: str) -> None:
+        rollout.begin_delete_deployment(self.ml_client, endpoint_name, name)
+
+    def begin_delete_endpoint(self, name: str) -> None:
+        rollout.begin_delete_endpoint(self.ml_client, name)
+
+    def invoke(self, endpoint_name: str, deployment_name: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
+        return scoring.invoke(self.ml_client, endpoint_name, deployment_name, payload, timeout_s)
+
+    def endpoint_request_count(self, name: str, window_s: float) -> int:
+        ml_client = self.ml_client
+        resource_id = monitor.endpoint_resource_id(
+            ml_client.subscription_id, ml_client.resource_group_name, ml_client.workspace_name, name
+        )
+        return monitor.request_count(self.monitor_client, resource_id, window_s)

@@ -1,0 +1,46 @@
+"""Calling one deployment of an endpoint directly, with the endpoint's key fetched for that call.
+
+The key is read from the service each time rather than kept: keys can be regenerated, and a key
+that is never stored cannot end up in a run record, a log line or an error message. The
+``azureml-model-deployment`` header pins the call to one deployment whatever the traffic split,
+which is how a rollout smoke-tests a new deployment before it gets any traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from shared.platform.azureml._http import request_json
+from shared.platform.azureml.service import get_or_none
+from shared.platform.port import NotFoundError, PlatformConfigError, PlatformError
+
+if TYPE_CHECKING:
+    from azure.ai.ml import MLClient
+
+
+def invoke(
+    ml_client: MLClient, endpoint_name: str, deployment_name: str, payload: Mapping[str, Any], timeout_s: float
+) -> Any:
+    """POST ``payload`` to the deployment's scoring URI and return the decoded JSON answer."""
+    endpoint = get_or_none(ml_client.online_endpoints.get, endpoint_name)
+    if endpoint is None:
+        raise NotFoundError(f"endpoint {endpoint_name} does not exist")
+    if not endpoint.scoring_uri:
+        raise PlatformError(
+            f"endpoint {endpoint_name} has no scoring URI yet (provisioning state {endpoint.provisioning_state})"
+        )
+    key = getattr(ml_client.online_endpoints.get_keys(endpoint_name), "primary_key", None)
+    if not key:
+        raise PlatformConfigError(
+            f"endpoint {endpoint_name} does not use key authentication, as ftpilot's endpoints do"
+        )
+    return request_json(
+        "POST",
+        endpoint.scoring_uri,
+        what=f"scoring {endpoint_name}/{deployment_name}",
+        timeout_s=timeout_s,
+        headers={"Authorization": f"Bearer {key}", "azureml-model-deployment": deployment_name},
+        body=dict(payload),
+        secrets=(key,),
+    )
