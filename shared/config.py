@@ -49,9 +49,9 @@ class Settings(BaseSettings):
 
     # ML platform.
     platform: Literal["azureml", "local"] = Field("local", description="Which adapter runs jobs and endpoints.")
-    subscription_id: str | None = None
-    resource_group: str | None = None
-    workspace_name: str | None = None
+    subscription_id: str | None = Field(None, description="Azure subscription of the workspace (azureml platform).")
+    resource_group: str | None = Field(None, description="Resource group of the workspace (azureml platform).")
+    workspace_name: str | None = Field(None, description="Azure ML workspace name (azureml platform).")
     registry_name: str = Field("azureml", description="Registry holding the base model and the pipeline component.")
     base_model: str = Field("Phi-3-mini-4k-instruct", description="Foundation model to fine-tune (registry name).")
     compute_cluster: str = Field("gpu-cluster-big", description="Workspace compute cluster for fine-tuning.")
@@ -90,6 +90,20 @@ class Settings(BaseSettings):
         description="Hugging Face id (already in the local cache) or model folder that local jobs fine-tune; "
         "when unset or not loadable offline, a tiny random model of the requested family stands in.",
     )
+
+    @field_validator(
+        "subscription_id",
+        "resource_group",
+        "workspace_name",
+        "tokenizer",
+        "event_topic",
+        "local_base_model",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """An app setting left empty (as in local.settings.sample.json) means 'not set'."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("intake_prefix", "reports_prefix", "prepared_prefix")
     @classmethod

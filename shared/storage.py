@@ -43,12 +43,20 @@ class Storage:
 
     @cached_property
     def queue(self) -> QueueClient:
+        return self._queue(self.settings.rollout_queue)
+
+    @cached_property
+    def poison_queue(self) -> QueueClient:
+        """Where the Functions host moves a rollout message after its last failed attempt."""
+        return self._queue(f"{self.settings.rollout_queue}-poison")
+
+    def _queue(self, name: str) -> QueueClient:
         from azure.storage.queue import BinaryBase64DecodePolicy, BinaryBase64EncodePolicy, QueueClient
 
         # Base64, because that is what the Functions queue trigger expects by default.
         return QueueClient.from_connection_string(
             self.settings.storage,
-            self.settings.rollout_queue,
+            name,
             message_encode_policy=BinaryBase64EncodePolicy(),
             message_decode_policy=BinaryBase64DecodePolicy(),
         )
@@ -57,7 +65,12 @@ class Storage:
         """Create the container, table and queue when missing (local host and tests)."""
         from azure.core.exceptions import ResourceExistsError
 
-        for create in (self.container.create_container, self.table.create_table, self.queue.create_queue):
+        for create in (
+            self.container.create_container,
+            self.table.create_table,
+            self.queue.create_queue,
+            self.poison_queue.create_queue,
+        ):
             with suppress(ResourceExistsError):
                 create()
 

@@ -57,3 +57,15 @@ def services(settings: Settings, storage: Storage, fake_platform) -> Iterator[Se
     use_services(built)
     yield built
     use_services(None)
+
+
+@pytest.fixture(scope="session")
+def app_functions() -> dict:
+    """The functions the Python worker indexes, by name.
+
+    ``get_functions()`` may run once per app (the worker calls it once; a second call
+    re-registers the blueprints and fails on duplicate names), so the session shares it.
+    """
+    import function_app
+
+    return {f.get_function_name(): f for f in function_app.app.get_functions()}

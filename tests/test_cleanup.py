@@ -109,14 +109,10 @@ def test_endpoint_without_a_run_record_is_still_swept(services: Services, fake_p
     assert decision.action == "deleted" and decision.run_id == ""
 
 
-def test_timer_function_runs_the_sweep(services: Services, fleet) -> None:
+def test_timer_function_runs_the_sweep(services: Services, fleet, app_functions: dict) -> None:
     from azure.functions.timer import TimerRequest
 
-    import function_app
-
-    (binding,) = next(
-        f for f in function_app.app.get_functions() if f.get_function_name() == "cleanup"
-    ).get_bindings_dict()["bindings"]
+    (binding,) = app_functions["cleanup"].get_bindings_dict()["bindings"]
     assert binding["type"] == "timerTrigger"
     assert binding["schedule"] == "%FTPILOT_CLEANUP_SCHEDULE%"
     assert binding["runOnStartup"] is False

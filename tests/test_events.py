@@ -100,10 +100,9 @@ def test_function_drops_foreign_and_unknown_jobs(services: Services) -> None:
     assert services.storage.queue.get_queue_properties().approximate_message_count == 0
 
 
-def test_event_grid_bindings() -> None:
-    import function_app
-
-    functions = {f.get_function_name(): f.get_bindings_dict()["bindings"][0] for f in function_app.app.get_functions()}
+def test_event_grid_bindings(app_functions: dict) -> None:
+    assert set(app_functions) == {"intake", "run_events", "rollout", "rollout_poison", "cleanup"}
+    functions = {name: f.get_bindings_dict()["bindings"][0] for name, f in app_functions.items()}
     assert functions["run_events"]["type"] == "eventGridTrigger"
     rollout = functions["rollout"]
     assert (rollout["type"], rollout["queueName"], rollout["connection"]) == (

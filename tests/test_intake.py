@@ -242,12 +242,10 @@ def test_overwritten_blob_is_never_read_as_a_mix(services: Services) -> None:
         b"".join(pinned.chunks())
 
 
-def test_binding_is_event_based_and_streams_an_sdk_client() -> None:
+def test_binding_is_event_based_and_streams_an_sdk_client(app_functions: dict) -> None:
     from azurefunctions.extensions.bindings import blob
 
-    import function_app
-
-    (function,) = [f for f in function_app.app.get_functions() if f.get_function_name() == "intake"]
+    function = app_functions["intake"]
     (binding,) = function.get_bindings_dict()["bindings"]
     assert binding["type"] == "blobTrigger"
     assert binding["source"] == "EventGrid"

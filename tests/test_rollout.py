@@ -10,7 +10,7 @@ from contextlib import suppress
 import pytest
 
 from functions.rollout import rollout, rollout_poison, run_events
-from shared.host.queues import deliver, poison_queue
+from shared.host.queues import deliver
 from shared.intake import handle_upload
 from shared.platform.port import JobStatus, PlatformError, ProvisioningState
 from shared.runs import RunRecord, RunState
@@ -31,11 +31,11 @@ def submit(services: Services, name: str = "incoming/chat.jsonl", start: int = 0
 def pump(services: Services, timeout_s: float = 60) -> None:
     """Run the queue workers until no message is left, visible or not (as the host would)."""
     queue = services.storage.queue
-    poison = poison_queue(queue)
+    poison = services.storage.poison_queue
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with suppress(WorkerKilled):  # the message stays; it becomes visible again, as after a crash
-            deliver(queue, rollout, visibility_timeout=1)
+            deliver(queue, rollout, poison=poison, visibility_timeout=1)
         deliver(poison, rollout_poison, visibility_timeout=1)
         left = queue.get_queue_properties().approximate_message_count
         if not left and not poison.get_queue_properties().approximate_message_count:
@@ -294,7 +294,7 @@ def test_endpoint_state_waits_for_provisioning(services: Services, fake_platform
     record = submit(services)
     fake_platform.set_job(record.job_name, JobStatus.COMPLETED)
     complete(services, fake_platform, record)
-    deliver(services.storage.queue, rollout, visibility_timeout=1)
+    deliver(services.storage.queue, rollout, poison=services.storage.poison_queue, visibility_timeout=1)
     mid = services.runs.get(record.run_id)
     assert mid.state is RunState.DEPLOYING
     assert fake_platform.endpoints[mid.endpoint].info.state is ProvisioningState.CREATING

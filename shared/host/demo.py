@@ -16,6 +16,7 @@ from pathlib import Path
 
 from shared.config import Settings
 from shared.host.runner import LocalHost
+from shared.platform.local.layout import Layout
 from shared.runs import RunRecord, RunState
 from shared.sample_data import jsonl
 
@@ -104,13 +105,14 @@ def run_demo(dataset: Path | None, out: Callable[[str], None] = print, timeout_s
 
 
 def next_steps(settings: Settings) -> str:
-    data = Path(settings.data_dir)
+    mlflow_db = Layout(Path(settings.data_dir)).mlflow_db
+    intake = f"{settings.intake_container}/{settings.intake_prefix}"
     return f"""
 Where to look next:
   python -m shared.cli status                 every run: state, job, model, endpoint, reason
-  .venv/bin/mlflow ui --backend-store-uri sqlite:///{data}/mlflow.db
+  .venv/bin/mlflow ui --backend-store-uri sqlite:///{mlflow_db}
                                               training/eval loss by step, registered models
-  python -m shared.cli up                     keep the local host running; drop .jsonl files into
-                                              {settings.intake_container}/{settings.intake_prefix} (Azurite) to fine-tune
+  python -m shared.cli up                     keep the local host running; drop .jsonl files
+                                              into {intake} (Azurite) to fine-tune
   python -m shared.cli validate FILE --show 3 check a dataset before uploading it
 """

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from typing import TYPE_CHECKING
 
 import azure.functions as func
@@ -22,21 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Handler = Callable[[func.QueueMessage], None]
-
-
-def poison_queue(queue: QueueClient) -> QueueClient:
-    from azure.core.exceptions import ResourceExistsError
-    from azure.storage.queue import QueueClient as Client
-
-    poison = Client.from_queue_url(
-        queue.url.replace(f"/{queue.queue_name}", f"/{queue.queue_name}-poison"),
-        credential=queue.credential,
-        message_encode_policy=queue._config.message_encode_policy,
-        message_decode_policy=queue._config.message_decode_policy,
-    )
-    with suppress(ResourceExistsError):
-        poison.create_queue()
-    return poison
 
 
 def _as_function_message(message: QueueMessage) -> func.QueueMessage:
@@ -53,12 +37,17 @@ def deliver(
     queue: QueueClient,
     handler: Handler,
     *,
+    poison: QueueClient | None = None,
     max_dequeue: int = 5,
     visibility_timeout: int = 30,
     batch: int = 16,
     workers: int = 4,
 ) -> int:
-    """Deliver the messages visible now, concurrently; return how many were handled (ok or not)."""
+    """Deliver the messages visible now, concurrently; return how many were handled (ok or not).
+
+    A message that fails its ``max_dequeue``-th attempt moves to ``poison``; without one
+    (the poison queue's own worker) it is deleted and the error logged, so it cannot loop.
+    """
     messages = list(
         queue.receive_messages(messages_per_page=batch, max_messages=batch, visibility_timeout=visibility_timeout)
     )
@@ -73,9 +62,15 @@ def deliver(
                 "queue %s: message %s failed (attempt %s)", queue.queue_name, message.id, message.dequeue_count
             )
             if (message.dequeue_count or 0) >= max_dequeue:
-                poison_queue(queue).send_message(message.content)
+                if poison is not None:
+                    poison.send_message(message.content)
                 queue.delete_message(message)
-                log.error("queue %s: message %s moved to the poison queue", queue.queue_name, message.id)
+                log.error(
+                    "queue %s: message %s moved to %s",
+                    queue.queue_name,
+                    message.id,
+                    poison.queue_name if poison is not None else "nowhere (no poison queue)",
+                )
             return
         queue.delete_message(message)
 

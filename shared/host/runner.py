@@ -20,7 +20,7 @@ from shared import azurite
 from shared.config import Settings
 from shared.host.blobs import BlobWatcher
 from shared.host.deliveries import event_grid, timer
-from shared.host.queues import deliver, poison_queue
+from shared.host.queues import deliver
 from shared.host.timer import Schedule
 from shared.runs import RunRecord
 from shared.services import Services, use_services
@@ -66,6 +66,18 @@ class RunPrinter:
             self._seen[record.run_id] = len(record.history)
 
 
+def ensure_azurite(settings: Settings) -> azurite.Azurite | None:
+    """Start Azurite (data under ``data_dir``) when the storage setting points at loopback and nothing listens.
+
+    Returns the process this call started, for the caller to stop, or None when storage is
+    a real account or an emulator is already running.
+    """
+    ports = storage_ports(settings.storage)
+    if ports is None or all(azurite.listening(p) for p in ports):
+        return None
+    return azurite.start(Path(settings.data_dir) / "azurite", ports)
+
+
 class LocalHost:
     """Start with ``start()``, call ``step()`` (or ``run()`` until stopped), end with ``stop()``."""
 
@@ -81,18 +93,18 @@ class LocalHost:
         from shared.platform.local import LocalPlatform
 
         settings = self.settings
-        ports = storage_ports(settings.storage)
-        if ports is not None and not all(azurite.listening(p) for p in ports):
-            self._azurite = azurite.start(Path(settings.data_dir) / "azurite", ports)
-            self.out(f"Azurite started on ports {ports[0]}-{ports[2]} (data in {settings.data_dir}/azurite)")
+        self._azurite = ensure_azurite(settings)
+        if self._azurite is not None:
+            started = self._azurite
+            self.out(f"Azurite started on ports {started.blob_port}-{started.table_port} (data in {started.location})")
         storage = Storage(settings)
         storage.ensure()
         platform = LocalPlatform(settings)
         platform.recover()
         self.services = Services(settings, storage, platform)
         use_services(self.services)
-        self._blobs = BlobWatcher(storage.container, settings.intake_prefix, Path(settings.data_dir) / "host-blobs.json")
-        self._poison = poison_queue(storage.queue)
+        seen = Path(settings.data_dir) / "host-blobs.json"
+        self._blobs = BlobWatcher(storage.container, settings.intake_prefix, seen)
         self._schedule = Schedule(settings.cleanup_schedule)
         self.out(
             f"ftpilot local host: watching {settings.intake_container}/{settings.intake_prefix}, "
@@ -115,8 +127,8 @@ class LocalHost:
             for event in delivery.events:
                 run_events(event_grid(event))
             delivery.ack()
-        deliver(services.storage.queue, rollout, visibility_timeout=60)
-        deliver(self._poison, rollout_poison, visibility_timeout=60)
+        deliver(services.storage.queue, rollout, poison=services.storage.poison_queue, visibility_timeout=60)
+        deliver(services.storage.poison_queue, rollout_poison, visibility_timeout=60)
         if self._schedule.due():
             cleanup(timer())
         self.printer.update(list(services.runs.all()), self._scoring_uri)

@@ -1,0 +1,354 @@
+"""ftpilot's command line: ``python -m shared.cli COMMAND ...``.
+
+Exit codes are part of the interface (scripts and CI use them): 0 success, 1 the command
+ran and the answer is "no" (an invalid dataset), 2 it could not run (bad arguments,
+missing file, bad settings), with a one-line message on stderr and never a traceback.
+
+Adding a command: write ``_add_<name>(commands)`` that declares its arguments and sets
+``handler`` (a function taking the parsed arguments and returning the exit code), then
+call it from :func:`build_parser`. Import heavy modules inside the handler, so that every
+command (and ``--help``) starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+    from shared.validation import Report
+
+EXIT_OK, EXIT_NO, EXIT_USAGE = 0, 1, 2
+SHOWN_CHARS = 400
+
+Commands = Any  # argparse's private _SubParsersAction
+
+
+class UsageError(Exception):
+    """The command could not run; the message is the one line the user sees."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ftpilot", description="Hands-off fine-tuning of chat models on Azure Machine Learning.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(commands)
+    _add_up(commands)
+    _add_validate(commands)
+    _add_status(commands)
+    _add_cleanup(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except UsageError as error:
+        print(f"ftpilot: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ftpilot: interrupted", file=sys.stderr)
+        return 130
+
+
+def load_settings() -> Settings:
+    """Settings as the Functions host would see them (local.settings.json, then the environment)."""
+    from pydantic import ValidationError
+
+    from shared.config import get_settings, load_local_settings
+
+    try:
+        load_local_settings()
+        return get_settings()
+    except (ValidationError, ValueError) as error:  # ValueError: local.settings.json is not JSON
+        if isinstance(error, ValidationError):
+            detail = "; ".join(f"FTPILOT_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
+        else:
+            detail = str(error)
+        raise UsageError(f"bad settings: {detail}") from error
+
+
+# validate --------------------------------------------------------------------------------
+
+
+def _add_validate(commands: Commands) -> None:
+    command = commands.add_parser(
+        "validate",
+        help="check a JSON Lines dataset before uploading it",
+        description="Check a chat fine-tuning dataset (JSON Lines, one conversation per line) the way intake "
+        "will. Exit code 0: valid, 1: invalid, 2: could not run.",
+    )
+    command.add_argument("path", type=Path, help="the .jsonl file")
+    command.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
+    command.add_argument("--show", type=_count, default=0, metavar="N", help="also print the first N valid examples")
+    command.add_argument("--max-seq-length", type=_positive, help="override FTPILOT_MAX_SEQ_LENGTH")
+    command.add_argument("--tokenizer", help="tokenizer.json or a folder holding one, for exact token counts")
+    command.add_argument("--min-examples-warning", type=_count, help="override FTPILOT_MIN_EXAMPLES_WARNING")
+    command.add_argument("--epochs", type=_positive, help="epochs for the billed-token estimate")
+    command.set_defaults(handler=_validate)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    import orjson
+
+    from shared.validation import ValidationOptions, validate_path
+
+    path: Path = args.path
+    if not path.is_file():
+        raise UsageError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+    overrides = {
+        name: value
+        for name in ("max_seq_length", "tokenizer", "min_examples_warning", "epochs")
+        if (value := getattr(args, name)) is not None
+    }
+    try:
+        options = ValidationOptions.from_settings(load_settings(), keep_examples=args.show, **overrides)
+        with _progress_bar(path) as progress:
+            report = validate_path(path, options, progress=progress)
+    except ValueError as error:  # unusable options, e.g. a tokenizer that cannot be loaded
+        raise UsageError(str(error)) from error
+    except OSError as error:
+        raise UsageError(f"{path}: {error.strerror or error}") from error
+
+    if args.json:
+        sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(report.to_markdown())
+        if args.show:
+            sys.stdout.write(format_samples(report))
+    return EXIT_OK if report.valid else EXIT_NO
+
+
+def format_samples(report: Report) -> str:
+    """The kept example conversations, one block per example, long contents shortened."""
+    if not report.samples:
+        return "\nNo valid examples to show.\n"
+    out = ["", f"### First {len(report.samples)} valid examples"]
+    for sample in report.samples:
+        out += ["", f"--- line {sample.line:,} ---"]
+        for message in sample.messages:
+            content: str = message["content"]
+            if len(content) > SHOWN_CHARS:
+                content = f"{content[:SHOWN_CHARS]}… (+{len(content) - SHOWN_CHARS:,} chars)"
+            out.append(f"[{message['role']}]")
+            out += [f"    {line}" for line in content.splitlines() or [""]]
+    return "\n".join(out) + "\n"
+
+
+@contextmanager
+def _progress_bar(path: Path) -> Iterator[Callable[[int], None] | None]:
+    """A tqdm bar on stderr when it is a terminal (never in pipes, logs or CI); else no callback."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="validating", delay=0.5) as bar:
+        yield lambda done: bar.update(done - bar.n)
+
+
+# status ----------------------------------------------------------------------------------
+
+
+def _add_status(commands: Commands) -> None:
+    command = commands.add_parser(
+        "status",
+        help="where every dataset's run stands",
+        description="Every run: dataset, state, job, model, endpoint, last activity and the reason for a failure.",
+    )
+    command.add_argument("--json", action="store_true", help="print the runs as JSON on stdout")
+    command.set_defaults(handler=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import orjson
+
+    from shared.status import render, rows
+
+    with _run_records() as services:
+        table_rows = rows(services.runs.all())
+    if args.json:
+        payload = [dataclasses.asdict(row) for row in table_rows]
+        sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif not table_rows:
+        print("No runs yet: upload a .jsonl file to the intake container (or run `python -m shared.cli demo`).")
+    else:
+        from rich.console import Console
+
+        Console().print(render(table_rows))
+    return EXIT_OK
+
+
+# cleanup ---------------------------------------------------------------------------------
+
+
+def _add_cleanup(commands: Commands) -> None:
+    command = commands.add_parser(
+        "cleanup",
+        help="run the idle-endpoint sweep once (--dry-run: only say what it would delete)",
+        description="One tick of the timer function: delete the endpoints ftpilot manages that served no request "
+        "in the idle window. With --dry-run nothing is deleted or recorded.",
+    )
+    command.add_argument("--dry-run", action="store_true", help="report what the next tick would delete, and why")
+    command.add_argument("--json", action="store_true", help="print the decisions as JSON on stdout")
+    command.set_defaults(handler=_cleanup)
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import orjson
+
+    from shared.cleanup import sweep
+
+    with _run_records() as services:
+        decisions = sorted(sweep(services, dry_run=True if args.dry_run else None), key=lambda d: d.endpoint)
+    if args.json:
+        payload = [dataclasses.asdict(decision) for decision in decisions]
+        sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif not decisions:
+        print("No endpoints managed by ftpilot.")
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="idle sweep (dry run: nothing deleted)" if args.dry_run else "idle sweep")
+        for column in ("endpoint", "action", "reason", "run"):
+            table.add_column(column, overflow="fold")
+        for decision in decisions:
+            table.add_row(decision.endpoint, decision.action, decision.reason, decision.run_id[:8])
+        Console().print(table)
+    return EXIT_NO if any(d.action == "failed" for d in decisions) else EXIT_OK
+
+
+@contextmanager
+def _run_records() -> Iterator[Any]:
+    """Services over the configured storage, starting Azurite for the call when local storage is down."""
+    from shared.host.runner import ensure_azurite
+    from shared.services import Services
+
+    settings = load_settings()
+    try:
+        emulator = ensure_azurite(settings)
+    except (OSError, RuntimeError) as error:
+        raise UsageError(f"cannot start Azurite for the local run records: {error}") from error
+    try:
+        services = Services.create(settings)
+        services.storage.ensure()
+        yield services
+    except _storage_errors() as error:
+        raise UsageError(f"cannot reach the run records in storage: {error}") from error
+    finally:
+        if emulator is not None:
+            emulator.stop()
+
+
+def _storage_errors() -> tuple[type[Exception], ...]:
+    from azure.core.exceptions import AzureError
+
+    return (AzureError,)
+
+
+# up and demo -----------------------------------------------------------------------------
+
+
+def _add_up(commands: Commands) -> None:
+    command = commands.add_parser(
+        "up",
+        help="run the local host: Azurite, the local workspace and every trigger, until Ctrl-C",
+        description="Start Azurite if none is running, create the container, queues and table, and deliver blobs, "
+        "run events, queue messages and the timer to the same functions Azure would. Ctrl-C stops everything.",
+    )
+    command.add_argument("--interval", type=float, default=1.0, help="seconds between delivery passes (default 1)")
+    command.set_defaults(handler=_up)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from shared.host.runner import LocalHost
+
+    settings = load_settings()
+    _quiet_logs()
+    host = LocalHost(settings)
+    try:
+        host.start()
+        print("Press Ctrl-C to stop.")
+        host.run(interval_s=args.interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        host.stop()
+    return EXIT_OK
+
+
+def _add_demo(commands: Commands) -> None:
+    command = commands.add_parser(
+        "demo",
+        help="the whole flow once, on this machine: upload, validate, train, deploy, chat, idle sweep",
+        description="Start the local host, upload a dataset (a generated ultrachat-shaped sample unless --file is "
+        "given) and follow it until the idle sweep deletes its endpoint.",
+    )
+    command.add_argument("--file", type=Path, help="a .jsonl dataset to use instead of the generated sample")
+    command.add_argument("--timeout", type=float, default=900, help="seconds to wait for the endpoint to go live")
+    command.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from shared.host.demo import DemoFailed, demo_settings, next_steps, run_demo
+
+    if args.file is not None and not args.file.is_file():
+        raise UsageError(f"{args.file}: no such file")
+    load_settings()  # local.settings.json into the environment, checked
+    settings = demo_settings()
+    _quiet_logs()
+    try:
+        final = run_demo(args.file, timeout_s=args.timeout)
+    except DemoFailed as error:
+        print(f"\nThe demo stopped: {error}", file=sys.stderr)
+        print(next_steps(settings))
+        return EXIT_NO
+    print(f"\nDone: run {final.run_id[:8]} went live, answered, and was {final.state} by the idle sweep.")
+    print(next_steps(settings))
+    return EXIT_OK
+
+
+def _quiet_logs() -> None:
+    """Warnings and errors only: the host prints what happens from the run records itself."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("azure", "httpx", "mlflow", "urllib3", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+# argument types --------------------------------------------------------------------------
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""The local workspace: ftpilot's ML-platform port on this machine (see ``platform``)."""
+
+from shared.platform.local.platform import LocalPlatform
+
+__all__ = ["LocalPlatform"]

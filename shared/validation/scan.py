@@ -1,0 +1,119 @@
+"""The pass over the lines: framing, JSON, then the per-example checks.
+
+Whole-file checks (duplicates, dataset size) need every example first; the validator
+runs them on the :class:`Scan` this pass returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import orjson
+
+from shared.validation.checks import ExampleChecker, describe
+from shared.validation.codes import (
+    ENCODING_INVALID_UTF8,
+    JSON_ARRAY,
+    JSON_INVALID,
+    JSON_NOT_OBJECT,
+    JSON_PRETTY_PRINTED,
+    LINE_TOO_LONG,
+)
+from shared.validation.lines import UTF8_BOM, iter_lines
+from shared.validation.options import ValidationOptions
+from shared.validation.records import ExampleRecords
+from shared.validation.report import IssueLog, Sample
+from shared.validation.tokens import ContentCounter
+
+TO_JSONL = "jq -c '.[]' in.json > out.jsonl"
+COMPACT = "jq -c . in.json > out.jsonl"
+_FRAGMENTS = (b"{", b"}", b"},", b"[", b"]", b"],")
+
+
+@dataclass
+class Scan:
+    """What the pass over the lines found."""
+
+    log: IssueLog
+    records: ExampleRecords = field(default_factory=ExampleRecords)
+    samples: list[Sample] = field(default_factory=list)
+    blank: int = 0
+    examples: int = 0  # non-blank lines, readable or not
+    complete: bool = True  # False when a file-level error stopped the pass
+
+    @property
+    def lines(self) -> int:
+        return self.blank + self.examples
+
+
+def scan(chunks: Iterable[bytes], options: ValidationOptions, counter: ContentCounter | None) -> Scan:
+    """Check every line of ``chunks``, stopping early only when the first line shows it is not JSON Lines."""
+    result = Scan(IssueLog(options.samples_per_code))
+    log, samples, keep = result.log, result.samples, options.keep_examples
+    check = ExampleChecker(options, log, result.records, counter).check
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+
+    def too_long(number: int, size: int) -> None:
+        result.examples += 1  # an example, if an unreadable one
+        log.add(
+            LINE_TOO_LONG,
+            number,
+            f"the line is {size:,} bytes, over the {options.max_line_bytes:,}-byte limit; it was skipped "
+            "(is this really one example per line?)",
+        )
+
+    blank = examples = 0
+    for number, raw in iter_lines(chunks, max_line_bytes=options.max_line_bytes, on_too_long=too_long):
+        if not raw or raw.isspace():
+            blank += 1
+            continue
+        examples += 1
+        try:
+            example = loads(raw)
+        except decode_error as error:
+            if _unparsable(log, number, raw, str(error), first=examples == 1):
+                result.complete = False
+                break
+            continue
+        if type(example) is not dict:
+            hint = f"; if the whole file is one JSON array, convert it with {TO_JSONL}" if type(example) is list else ""
+            log.add(JSON_NOT_OBJECT, number, f"expected a JSON object, got {describe(example)}{hint}")
+        elif check(number, example, raw) and len(samples) < keep:
+            samples.append(Sample(number, example["messages"]))
+    result.blank = blank
+    result.examples += examples
+    return result
+
+
+def _unparsable(log: IssueLog, number: int, raw: bytes, error: str, *, first: bool) -> bool:
+    """Report a line orjson rejected, in the uploader's terms; True when reading should stop."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError as bad:
+        log.add(
+            ENCODING_INVALID_UTF8,
+            number,
+            f"byte 0x{raw[bad.start]:02X} at column {bad.start + 1} is not valid UTF-8 "
+            "(Latin-1 or Windows-1252 text? save the file as UTF-8)",
+        )
+        return False
+    stripped = raw.strip()
+    # The first line decides whether this is JSON Lines at all: if not, every line would fail.
+    if first and stripped.startswith(b"["):
+        log.add(JSON_ARRAY, None, f"the file is a JSON array, not JSON Lines; convert it with {TO_JSONL}")
+        return True
+    if first and stripped == b"{":
+        log.add(
+            JSON_PRETTY_PRINTED,
+            None,
+            f"the file is pretty-printed (each object over several lines); write one object per line: {COMPACT}",
+        )
+        return True
+    hint = ""
+    if raw.startswith(UTF8_BOM):
+        hint = " (a byte-order mark in the middle of the file: were files with BOMs concatenated?)"
+    elif stripped in _FRAGMENTS or (stripped.startswith(b'"') and b'":' in stripped):
+        hint = f" (this looks like part of a pretty-printed object; write one object per line: {COMPACT})"
+    log.add(JSON_INVALID, number, f"not valid JSON: {error}{hint}")
+    return False

@@ -1,0 +1,150 @@
+"""Validation entry points: bytes in, a Report out, in one pass and constant memory.
+
+A helper thread reads and hashes the chunks (the hash is the run identity, so it covers
+exactly what was validated); the head is sniffed for binary formats and foreign
+encodings; every line is parsed once with orjson and checked; whole-file checks
+(duplicates, dataset size) run at the end on the compact per-example records.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from shared.validation.codes import DATASET_FEW, DATASET_TOO_FEW, EXAMPLE_DUPLICATE, PROMPT_ID_DUPLICATE
+from shared.validation.options import ValidationOptions
+from shared.validation.reading import CHUNK_SIZE, ReadAhead
+from shared.validation.report import IssueLog, Report
+from shared.validation.scan import Scan, scan
+from shared.validation.sniff import SNIFF_BYTES, Finding, sniff
+from shared.validation.stats import duplicate_conversations, duplicate_prompt_ids, summarize
+from shared.validation.tokens import load_counter
+
+# OpenAI and Azure OpenAI refuse training files with fewer examples than this.
+MIN_EXAMPLES = 10
+
+Progress = Callable[[int], None]
+
+
+def validate_path(path: str | Path, options: ValidationOptions, *, progress: Progress | None = None) -> Report:
+    """Validate a local file, streamed in 1 MiB chunks."""
+    path = Path(path)
+    with path.open("rb") as file:
+        chunks = iter(lambda: file.read(CHUNK_SIZE), b"")
+        return validate_chunks(chunks, options, source=str(path), progress=progress)
+
+
+def validate_chunks(
+    chunks: Iterable[bytes],
+    options: ValidationOptions,
+    *,
+    source: str,
+    progress: Progress | None = None,
+) -> Report:
+    """Validate a dataset arriving as chunks of any size (e.g. a blob download's ``.chunks()``).
+
+    ``progress`` is called with the number of bytes consumed so far after every chunk.
+    Raises ValueError for unusable options (a tokenizer that cannot be loaded) and whatever
+    iterating ``chunks`` raises; everything about the data itself ends up in the report.
+    """
+    counter = load_counter(options.tokenizer)  # before reading: a bad tokenizer fails fast
+    reader = ReadAhead(chunks)
+    try:
+        head, stream = _peek(_reported(reader, progress), SNIFF_BYTES)
+        finding = sniff(head[:SNIFF_BYTES])
+        if finding and finding.fatal:  # not JSON Lines text at all: reading on would add nothing
+            result = Scan(IssueLog(options.samples_per_code), complete=False)
+        else:
+            result = scan(stream, options, counter)
+    finally:
+        reader.close()  # stopped early or not, the hash now covers everything read
+    return _report(
+        result,
+        options,
+        exact=counter is not None,
+        source=source,
+        sha256=reader.sha256.hexdigest(),
+        size=reader.size,
+        finding=finding,
+    )
+
+
+def _report(
+    result: Scan,
+    options: ValidationOptions,
+    *,
+    exact: bool,
+    source: str,
+    sha256: str,
+    size: int,
+    finding: Finding | None,
+) -> Report:
+    """Run the whole-file checks and build the report."""
+    log = result.log
+    if finding is not None:
+        log.add(finding.code, None, finding.message)
+    if result.complete:
+        _whole_file_checks(log, result, options)
+    stats = {"examples": result.examples, "blank_lines": result.blank} | summarize(
+        result.records, options.max_seq_length, options.epochs, exact=exact
+    )
+    return Report(
+        source=source,
+        sha256=sha256,
+        bytes_read=size,
+        lines=result.lines,
+        examples=result.examples,
+        complete=result.complete,
+        issues=tuple(log.kept),
+        counts=dict(log.counts),
+        stats=stats,
+        options=options,
+        samples=tuple(result.samples),
+    )
+
+
+def _whole_file_checks(log: IssueLog, result: Scan, options: ValidationOptions) -> None:
+    for line, first in duplicate_conversations(result.records):
+        log.add(EXAMPLE_DUPLICATE, line, f"same conversation as line {first:,}")
+    for line, first in duplicate_prompt_ids(result.records):
+        log.add(PROMPT_ID_DUPLICATE, line, f"prompt_id already used on line {first:,}")
+    if result.examples < MIN_EXAMPLES:
+        log.add(
+            DATASET_TOO_FEW,
+            None,
+            f"{result.examples} examples; fine-tuning needs at least {MIN_EXAMPLES} "
+            "(OpenAI and Azure OpenAI refuse fewer)",
+        )
+    elif result.examples < options.min_examples_warning:
+        log.add(
+            DATASET_FEW,
+            None,
+            f"{result.examples} examples; fewer than {options.min_examples_warning} rarely change a model's "
+            "behaviour noticeably (OpenAI recommends starting with 50 to 100)",
+        )
+
+
+def _reported(chunks: Iterable[bytes], progress: Progress | None) -> Iterator[bytes]:
+    """The chunks, telling ``progress`` how many bytes have been consumed so far."""
+    if progress is None:
+        yield from chunks
+        return
+    done = 0
+    for chunk in chunks:
+        done += len(chunk)
+        progress(done)
+        yield chunk
+
+
+def _peek(stream: Iterator[bytes], size: int) -> tuple[bytes, Iterator[bytes]]:
+    """The first ``size`` bytes or more (whole chunks), and the stream with them put back."""
+    pieces: list[bytes] = []
+    have = 0
+    for chunk in stream:
+        pieces.append(chunk)
+        have += len(chunk)
+        if have >= size:
+            break
+    head = b"".join(pieces)
+    return head, itertools.chain((head,), stream)

@@ -1,0 +1,114 @@
+"""`python -m shared.cli validate`, run as a real subprocess: exit codes, output, settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.paths import REPO
+from tests.test_validation import BASE, row, rows_with, write
+
+
+def run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a clean environment: no FTPILOT_* settings but the given ones, no local.settings.json."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("FTPILOT_")}
+    environment |= {"PYTHONPATH": str(REPO), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def assert_usage_error(result: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr  # one line, no traceback
+    assert result.stderr.startswith("ftpilot: error: ")
+    assert needle in result.stderr
+
+
+def test_a_valid_file_exits_0_with_a_summary(tmp_path: Path) -> None:
+    path = write(tmp_path, rows_with({}))
+    result = run(tmp_path, "validate", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"## `{path}`: valid")
+    assert f"{BASE} examples" in result.stdout
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+
+
+def test_an_invalid_file_exits_1(tmp_path: Path) -> None:
+    path = write(tmp_path, rows_with({3: b"{broken"}))
+    result = run(tmp_path, "validate", str(path))
+    assert result.returncode == 1
+    assert "**INVALID**" in result.stdout
+    assert "line 3 `json.invalid`" in result.stdout
+
+
+def test_json_output(tmp_path: Path) -> None:
+    path = write(tmp_path, rows_with({5: row(5, messages=[{"role": "user", "content": "hi"}])}))
+    result = run(tmp_path, "validate", str(path), "--json")
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert document["valid"] is False
+    assert document["errors"] == [
+        {"line": 5, "code": "conversation.no_assistant", "message": document["errors"][0]["message"]}
+    ]
+    assert document["counts"] == {"conversation.no_assistant": 1}
+    assert document["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert document["bytes"] == path.stat().st_size
+    assert (document["lines"], document["source"]) == (BASE, str(path))
+    assert document["stats"]["tokens"]["counted"] == BASE
+    assert document["warnings"] == document["notes"] == []
+
+
+def test_show_prints_the_first_valid_examples(tmp_path: Path) -> None:
+    path = write(tmp_path, rows_with({1: row(1, messages=[{"role": "user", "content": "hi"}])}))
+    result = run(tmp_path, "validate", str(path), "--show", "2")
+    assert "--- line 2 ---" in result.stdout
+    assert "--- line 3 ---" in result.stdout
+    assert "--- line 1 ---" not in result.stdout
+    assert "[assistant]\n    Answer 0 of conversation 2" in result.stdout
+
+
+def test_settings_and_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, rows_with({}))
+    assert "tokens.too_long" not in run(tmp_path, "validate", str(path)).stdout
+    assert "tokens.too_long" in run(tmp_path, "validate", str(path), FTPILOT_MAX_SEQ_LENGTH="20").stdout
+    assert "tokens.too_long" in run(tmp_path, "validate", str(path), "--max-seq-length", "20").stdout
+    (tmp_path / "local.settings.json").write_text(json.dumps({"Values": {"FTPILOT_MIN_EXAMPLES_WARNING": "100"}}))
+    assert "dataset.few_examples" in run(tmp_path, "validate", str(path)).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["validate", "missing.jsonl"], "missing.jsonl: no such file"),
+        (["validate", "."], ".: not a file"),
+        (["validate"], "the following arguments are required: path"),
+        (["validate", "data.jsonl", "--show", "-1"], "must be 0 or more"),
+        (["validate", "data.jsonl", "--max-seq-length", "many"], "invalid _positive value"),
+        (["validate", "data.jsonl", "--tokenizer", "nowhere"], "tokenizer not found"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    write(tmp_path, rows_with({}))
+    assert_usage_error(run(tmp_path, *args), needle)
+
+
+def test_bad_settings_exit_2(tmp_path: Path) -> None:
+    path = write(tmp_path, rows_with({}))
+    result = run(tmp_path, "validate", str(path), FTPILOT_MAX_SEQ_LENGTH="lots")
+    assert_usage_error(result, "bad settings: FTPILOT_MAX_SEQ_LENGTH")
