@@ -1,9 +1,13 @@
-"""Benchmarks, and what they share: measuring a command from outside and writing docs/benchmarks.md.
+"""Benchmarks, and what they share: measuring a command from outside, latency percentiles,
+a private Azurite with the app's services on it, and writing docs/benchmarks.md.
 
 Each benchmark is a module (``python -m bench.<name>``) that owns one ``## `` section of
 docs/benchmarks.md and rewrites only what lies between its markers
 ``<!-- bench:<name>:start -->`` and ``<!-- bench:<name>:end -->``, so hand-written text
-around them and other benchmarks' sections stay as they are.
+around them and other benchmarks' sections stay as they are. ``python -m bench`` runs them all.
+
+The app's own modules (``shared``) are imported inside the helpers that need them, so
+``import bench`` stays cheap and never skews what a benchmark measures in its own process.
 """
 
 from __future__ import annotations
@@ -12,11 +16,20 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shared.azurite import Azurite
+    from shared.platform.port import MLPlatform
+    from shared.services import Services
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -83,3 +96,86 @@ def rewrite_section(name: str, title: str, body: str, path: Path = DOCS) -> None
     else:
         text = text.rstrip() + f"\n\n## {title}\n\n{block}\n"
     path.write_text(text, encoding="utf-8")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100), interpolated between closest ranks (numpy's default).
+
+    Targets are about the tail (p99), which a median or a mean hides.
+    """
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("percentile of no values")
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-call wall times (seconds), summarised the way the docs tables show them."""
+
+    count: int
+    p50: float
+    p95: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Latency:
+        return cls(len(samples), *(percentile(samples, q) for q in (50, 95, 99)), max(samples))
+
+
+def header(command: str, about: str) -> str:
+    """The first lines of every section: when, how and where the numbers were taken."""
+    return f"Measured {today()} with `{command}`\non {about}."
+
+
+def publish(name: str, title: str, body: Sequence[str], verdict: str, *, docs: bool) -> None:
+    """Print the verdict and, unless told not to, rewrite this benchmark's section with body and verdict."""
+    print(verdict)
+    if docs:
+        rewrite_section(name, title, "\n".join([*body, "", verdict]))
+
+
+@contextmanager
+def azurite() -> Iterator[Azurite]:
+    """A private Azurite on free ports, its data in a temporary folder that goes with it.
+
+    Private, so a benchmark never shares state or load with a developer's own emulator.
+    """
+    from shared import azurite as emulator
+
+    with tempfile.TemporaryDirectory(prefix="ftpilot-bench-") as scratch:
+        server = emulator.start(Path(scratch) / "azurite")
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def services_on(server: Azurite, platform: MLPlatform, **settings: Any) -> Services:
+    """The app's services over ``server`` with storage names of their own, installed for the functions.
+
+    Fresh container, table and queue names let one Azurite hold independent runs (a baseline
+    and the measured one) without one seeing the other's records.
+    """
+    from shared.config import Settings
+    from shared.services import Services, use_services
+    from shared.storage import Storage
+
+    suffix = uuid.uuid4().hex[:10]
+    configured = Settings(
+        storage=server.connection_string,
+        intake_container=f"bench-{suffix}",
+        runs_table=f"bench{suffix}",
+        rollout_queue=f"bench-{suffix}",
+        data_dir=server.location.parent / "ftpilot",
+        **settings,
+    )
+    storage = Storage(configured)
+    storage.ensure()
+    services = Services(configured, storage, platform)
+    use_services(services)
+    return services

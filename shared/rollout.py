@@ -42,6 +42,7 @@ from shared.platform.port import (
     EndpointRequest,
     JobStatus,
     ModelRequest,
+    PlatformConfigError,
     PlatformError,
     ProvisioningState,
 )
@@ -242,16 +243,21 @@ def _deploy(record: RunRecord, services: Services) -> None:
     state = platform.get_deployment(endpoint, deployment)
     if state is None:
         model_id = _model_id(record, services)
-        platform.begin_create_deployment(
-            DeploymentRequest(
-                endpoint_name=endpoint,
-                name=deployment,
-                model_id=model_id,
-                instance_type=settings.inference_instance_type,
-                instance_count=settings.inference_instance_count,
-                tags={MANAGED_TAG: MANAGED_VALUE, RUN_TAG: record.run_id},
+        try:
+            platform.begin_create_deployment(
+                DeploymentRequest(
+                    endpoint_name=endpoint,
+                    name=deployment,
+                    model_id=model_id,
+                    instance_type=settings.inference_instance_type,
+                    instance_count=settings.inference_instance_count,
+                    tags={MANAGED_TAG: MANAGED_VALUE, RUN_TAG: record.run_id},
+                    base_model=record.base_model or settings.base_model,
+                )
             )
-        )
+        except PlatformConfigError as error:  # retrying cannot help: a setting must change
+            _roll_back(record, services, f"cannot deploy: {error}")
+            return
         raise _Wait(f"creating deployment {deployment}")
     if state.state is ProvisioningState.SUCCEEDED:
         _move(services, record, RunState.SMOKE_TESTING, f"deployment {deployment} provisioned")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -488,6 +489,23 @@ def test_creating_a_deployment_begins_and_returns(azure: Azure) -> None:
 
     azure.platform.begin_create_deployment(deployment_request())
     assert len(azure.ml.recorder.named("online_deployments.begin_create_or_update")) == 1
+
+
+def test_a_deployment_on_a_size_the_base_model_cannot_serve_on_is_refused_before_anything_begins() -> None:
+    allowed = "['Standard_NC24ads_A100_v4', 'Standard_NC48ads_A100_v4']"
+    azure = Azure(model_tags={"inference_compute_allow_list": allowed})
+    azure.platform.begin_create_endpoint(EndpointRequest(ENDPOINT, "chat models"))
+    with pytest.raises(PlatformConfigError, match="FTPILOT_INFERENCE_INSTANCE_TYPE") as refused:
+        azure.platform.begin_create_deployment(
+            replace(deployment_request(), instance_type="Standard_NC6s_v3", base_model=BASE_MODEL)
+        )
+    assert "Standard_NC48ads_A100_v4" in str(refused.value)
+    assert azure.ml.recorder.named("online_deployments.begin_create_or_update") == []
+
+    azure.platform.begin_create_deployment(replace(deployment_request(), base_model=BASE_MODEL))  # A100 allowed
+    assert len(azure.ml.recorder.named("online_deployments.begin_create_or_update")) == 1
+    lookups = azure.registry.recorder.named("registry.models.get")
+    assert [(call[1][0], call[2]["label"]) for call in lookups] == [(BASE_MODEL, "latest")] * 2
 
 
 def test_a_failed_deployment_shows_its_last_log_lines(azure: Azure) -> None:

@@ -203,6 +203,20 @@ def test_deployment_that_fails_provisioning_leaves_nothing_billing(services: Ser
     assert fake_platform.endpoints == {}
 
 
+def test_instance_type_the_base_model_cannot_serve_on_rolls_back_at_once(services: Services, fake_platform) -> None:
+    record = submit(services)
+    fake_platform.set_job(record.job_name, JobStatus.COMPLETED)
+    fake_platform.inference_allow_list[services.settings.base_model] = ["Standard_NC24ads_A100_v4"]
+    complete(services, fake_platform, record)
+    pump(services)
+
+    final = services.runs.get(record.run_id)
+    assert final.state is RunState.ROLLED_BACK
+    assert final.reason.startswith("cannot deploy: instance type Standard_NC6s_v3")
+    assert fake_platform.endpoints == {}  # the endpoint made for this run is gone too
+    assert fake_platform.calls["begin_create_deployment"] == 0
+
+
 @pytest.mark.parametrize(
     ("answer", "why"),
     [
@@ -286,7 +300,8 @@ def test_keys_never_reach_records(services: Services, fake_platform) -> None:
     complete(services, fake_platform, record)
     pump(services)
     entity = services.storage.table.get_entity("run", record.run_id)
-    assert not any("key" in str(k).lower() for k in entity)
+    assert services.runs.get(record.run_id).state is RunState.LIVE
+    assert not [name for name in entity if "key" in name.lower() and name not in ("PartitionKey", "RowKey")]
 
 
 def test_endpoint_state_waits_for_provisioning(services: Services, fake_platform) -> None:

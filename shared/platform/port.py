@@ -131,6 +131,9 @@ class DeploymentRequest:
     instance_type: str
     instance_count: int = 1
     tags: Mapping[str, str] = field(default_factory=dict)
+    # The foundation model it was fine-tuned from: its inference_compute_allow_list tag, when
+    # present, says which VM sizes can serve it.
+    base_model: str | None = None
 
 
 @dataclass(frozen=True)

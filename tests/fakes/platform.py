@@ -60,6 +60,7 @@ class FakePlatform:
         self.creates = 0
         self.compute_error: str | None = None
         self.fail_deployments = False
+        self.inference_allow_list: dict[str, list[str]] = {}  # base model -> sizes, as its registry tag says
         self.stuck_deployments = False
         self.undeletable: set[str] = set()
         self.answer: Any = {"output": "Tides come from the moon's pull."}
@@ -187,6 +188,9 @@ class FakePlatform:
 
     # Deployments --------------------------------------------------------------------------
     def begin_create_deployment(self, request: DeploymentRequest) -> None:
+        allowed = self.inference_allow_list.get(request.base_model or "")
+        if allowed is not None and request.instance_type not in allowed:
+            raise PlatformConfigError(f"instance type {request.instance_type} cannot serve {request.base_model}")
         with self._lock:
             endpoint = self._endpoint(request.endpoint_name)
             if request.name in endpoint.deployments:

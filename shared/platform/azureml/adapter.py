@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
-from shared.platform.azureml import clients, models, monitor, rollout, scoring, submit
+from shared.platform.azureml import clients, compute, models, monitor, rollout, scoring, submit
 from shared.platform.azureml.metrics import JobMetricsReader, MlflowRestMetricsReader
 from shared.platform.port import (
     DeploymentInfo,
@@ -128,6 +128,9 @@ class AzureMLPlatform:
         return rollout.list_deployments(self.ml_client, endpoint_name)
 
     def begin_create_deployment(self, request: DeploymentRequest) -> None:
+        if request.base_model:
+            base = submit.foundation_model(self.registry_client, self.settings, request.base_model)
+            compute.check_inference_size(request.instance_type, request.base_model, base.tags or {})
         rollout.begin_create_deployment(self.ml_client, request)
 
     def begin_set_traffic(self, endpoint_name: str, traffic: Mapping[str, int]) -> None:

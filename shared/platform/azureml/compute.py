@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from azure.ai.ml import MLClient
 
 ALLOW_LIST_TAG = "finetune_compute_allow_list"
+INFERENCE_ALLOW_LIST_TAG = "inference_compute_allow_list"
 # K80 sizes: the walkthrough rejects them when a model carries no allow list.
 UNSUPPORTED_SIZES = frozenset({"standard_nc6", "standard_nc12", "standard_nc24", "standard_nc24r"})
 _FIX = "set FTPILOT_COMPUTE_CLUSTER to a GPU cluster that fits"
@@ -54,9 +55,23 @@ def gpus_per_node(ml_client: MLClient, cluster: str, model_tags: Mapping[str, st
     return _gpus_of(ml_client, cluster, size)
 
 
-def allow_list(model_tags: Mapping[str, str]) -> list[str] | None:
-    """The model's allowed fine-tuning VM sizes, or None when it does not restrict them."""
-    raw = model_tags.get(ALLOW_LIST_TAG)
+def check_inference_size(instance_type: str, model: str, model_tags: Mapping[str, str]) -> None:
+    """Refuse an instance type the base model's ``inference_compute_allow_list`` tag leaves out.
+
+    A deployment on such a size provisions for many minutes and then fails (or never loads the
+    model), billing all the while; the tag is the registry's own statement of what works.
+    """
+    allowed = allow_list(model_tags, INFERENCE_ALLOW_LIST_TAG)
+    if allowed is not None and instance_type.lower() not in {size.lower() for size in allowed}:
+        raise PlatformConfigError(
+            f"instance type {instance_type} cannot serve {model} (its {INFERENCE_ALLOW_LIST_TAG} tag allows "
+            f"{', '.join(allowed)}); set FTPILOT_INFERENCE_INSTANCE_TYPE to one of them"
+        )
+
+
+def allow_list(model_tags: Mapping[str, str], tag: str = ALLOW_LIST_TAG) -> list[str] | None:
+    """The VM sizes the model's allow-list ``tag`` names, or None when it does not restrict them."""
+    raw = model_tags.get(tag)
     if raw is None:
         return None
     try:
@@ -65,7 +80,7 @@ def allow_list(model_tags: Mapping[str, str]) -> list[str] | None:
         sizes = None
     if not isinstance(sizes, list | tuple) or not all(isinstance(size, str) for size in sizes):
         raise PlatformConfigError(
-            f"the base model's {ALLOW_LIST_TAG} tag is not a list of VM sizes ({raw!r}); "
+            f"the base model's {tag} tag is not a list of VM sizes ({raw!r}); "
             "choose another FTPILOT_BASE_MODEL or report it to the registry's owners"
         )
     return list(sizes)

@@ -57,7 +57,7 @@ def submit_finetune(ml_client: MLClient, registry: MLClient, settings: Settings,
         return job_info(existing)
 
     model_name = request.base_model or settings.base_model
-    model = _foundation_model(registry, settings, model_name)
+    model = foundation_model(registry, settings, model_name)
     model_tags = dict(model.tags or {})
     gpus = gpus_per_node(ml_client, settings.compute_cluster, model_tags)
     component = _pipeline_component(registry, settings)
@@ -181,7 +181,7 @@ def _status_text(status: object) -> str | None:
     return str(getattr(status, "value", status))
 
 
-def _foundation_model(registry: MLClient, settings: Settings, name: str) -> Model:
+def foundation_model(registry: MLClient, settings: Settings, name: str) -> Model:
     model = get_or_none(registry.models.get, name, label="latest")
     if model is None:
         raise PlatformConfigError(
