@@ -12,6 +12,7 @@ The app's own modules (``shared``) are imported inside the helpers that need the
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
@@ -127,16 +128,28 @@ class Latency:
         return cls(len(samples), *(percentile(samples, q) for q in (50, 95, 99)), max(samples))
 
 
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """A parser with what every benchmark takes (``--no-docs``), its help the module's docstring."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    return parser
+
+
 def header(command: str, about: str) -> str:
     """The first lines of every section: when, how and where the numbers were taken."""
     return f"Measured {today()} with `{command}`\non {about}."
 
 
-def publish(name: str, title: str, body: Sequence[str], verdict: str, *, docs: bool) -> None:
-    """Print the verdict and, unless told not to, rewrite this benchmark's section with body and verdict."""
+def publish(name: str, title: str, body: Sequence[str], missed: Sequence[str], met: str, *, docs: bool) -> int:
+    """Print the verdict, rewrite this benchmark's section (unless ``docs`` is false), return the exit code.
+
+    ``missed`` says what fell short, one phrase each; ``met`` is the sentence for when nothing did.
+    """
+    verdict = f"**Target missed**: {'; '.join(missed)}." if missed else f"Target met: {met}"
     print(verdict)
     if docs:
         rewrite_section(name, title, "\n".join([*body, "", verdict]))
+    return 1 if missed else 0
 
 
 @contextmanager
@@ -159,20 +172,26 @@ def services_on(server: Azurite, platform: MLPlatform, **settings: Any) -> Servi
     """The app's services over ``server`` with storage names of their own, installed for the functions.
 
     Fresh container, table and queue names let one Azurite hold independent runs (a baseline
-    and the measured one) without one seeing the other's records.
+    and the measured one) without one seeing the other's records. Every other setting is the
+    documented default or in ``settings``: FTPILOT_* variables in the shell are ignored, so
+    the figures do not depend on who ran them.
     """
     from shared.config import Settings
     from shared.services import Services, use_services
     from shared.storage import Storage
 
     suffix = uuid.uuid4().hex[:10]
+    defaults = {name: field.get_default(call_default_factory=True) for name, field in Settings.model_fields.items()}
     configured = Settings(
-        storage=server.connection_string,
-        intake_container=f"bench-{suffix}",
-        runs_table=f"bench{suffix}",
-        rollout_queue=f"bench-{suffix}",
-        data_dir=server.location.parent / "ftpilot",
-        **settings,
+        **defaults
+        | {
+            "storage": server.connection_string,
+            "intake_container": f"bench-{suffix}",
+            "runs_table": f"bench{suffix}",
+            "rollout_queue": f"bench-{suffix}",
+            "data_dir": server.location.parent / "ftpilot",
+        }
+        | settings
     )
     storage = Storage(configured)
     storage.ensure()

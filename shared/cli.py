@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(commands)
     _add_up(commands)
+    _add_prepare(commands)
     _add_validate(commands)
     _add_status(commands)
     _add_cleanup(commands)
@@ -147,15 +148,167 @@ def format_samples(report: Report) -> str:
 
 
 @contextmanager
-def _progress_bar(path: Path) -> Iterator[Callable[[int], None] | None]:
+def _progress_bar(path: Path, desc: str = "validating") -> Iterator[Callable[[int], None] | None]:
     """A tqdm bar on stderr when it is a terminal (never in pipes, logs or CI); else no callback."""
     if not sys.stderr.isatty():
         yield None
         return
     from tqdm import tqdm
 
-    with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="validating", delay=0.5) as bar:
+    with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=desc, delay=0.5) as bar:
         yield lambda done: bar.update(done - bar.n)
+
+
+# prepare ---------------------------------------------------------------------------------
+
+
+def _add_prepare(commands: Commands) -> None:
+    command = commands.add_parser(
+        "prepare",
+        help="write a slice of every split of a Hugging Face dataset as .jsonl files (and upload it)",
+        description="The walkthrough's download-dataset.py: take PC percent of each split of a dataset (a Hub id, a "
+        "folder laid out like a Hub repository, or Parquet/JSON/JSON Lines files) and write "
+        "<download_dir>/<split>.jsonl with prompt, messages and prompt_id per line. The first rows by default "
+        "(floor of PC percent, at least 1 row), or a seeded random sample with --sample. --upload then puts the "
+        "test split and the train split in the intake container, test first, which starts a fine-tuning run.",
+    )
+    command.add_argument(
+        "--dataset", default="HuggingFaceH4/ultrachat_200k", help="Hub id, folder or file (default %(default)s)"
+    )
+    command.add_argument(
+        "--dataset_subset", "--dataset-subset", dest="config", metavar="NAME", help="dataset configuration (subset)"
+    )
+    command.add_argument(
+        "--download_dir",
+        "--download-dir",
+        dest="download_dir",
+        type=Path,
+        default=Path("data"),
+        metavar="DIR",
+        help="where <split>.jsonl files are written (default %(default)s)",
+    )
+    command.add_argument(
+        "--dataset_split_pc",
+        "--dataset-split-pc",
+        dest="pc",
+        type=_percentage,
+        default=5.0,
+        metavar="PC",
+        help="percent of each split to keep, more than 0 and at most 100 (default 5)",
+    )
+    command.add_argument("--splits", type=_names, metavar="A,B", help="only these splits (default: all)")
+    command.add_argument("--sample", action="store_true", help="a seeded random sample instead of the first rows")
+    command.add_argument("--seed", type=int, help="seed of --sample (default 0)")
+    command.add_argument(
+        "--messages-column", default="messages", metavar="NAME", help="the conversation column (default messages)"
+    )
+    upload = command.add_argument_group("upload")
+    upload.add_argument("--upload", action="store_true", help="upload the train and test splits to intake")
+    upload.add_argument("--train-split", metavar="SPLIT", help="split to train on (default: the one named train*)")
+    upload.add_argument("--test-split", metavar="SPLIT", help="split to test on (default: the one named test*)")
+    upload.add_argument("--name", help="upload as <intake prefix>/NAME.jsonl (default: the dataset's name)")
+    upload.add_argument("--max-concurrency", type=_positive, help="parallel block uploads per file (default 4)")
+    command.set_defaults(handler=_prepare)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from shared import prepare
+
+    if args.seed is not None and not args.sample:
+        raise UsageError("--seed needs --sample")
+    upload_only = ("train_split", "test_split", "name", "max_concurrency")
+    if not args.upload and (given := [n for n in upload_only if getattr(args, n) is not None]):
+        raise UsageError(f"--{given[0].replace('_', '-')} needs --upload")
+    settings = load_settings() if args.upload else None  # bad settings fail before any download
+    try:
+        prepare.quiet_libraries(progress_bars=sys.stderr.isatty())
+        source = prepare.open_dataset(args.dataset, args.config)
+        splits = prepare.choose_splits(source.splits, args.splits, args.dataset)
+        if settings is not None:
+            train = prepare.pick_split(splits, "train", args.train_split)
+            test = prepare.pick_split(splits, "test", args.test_split, train=train)
+            plan_name = args.name or prepare.default_name(args.dataset)
+            prepare.blob_names(settings, plan_name)  # a bad --name fails before any download
+        prepare.check_targets(source, splits, args.download_dir)
+        seed = (args.seed or 0) if args.sample else None
+        results = [
+            prepare.prepare_split(
+                source,
+                split,
+                args.download_dir,
+                args.pc,
+                seed=seed,
+                messages_column=args.messages_column,
+                progress=_rows_bar(split),
+            )
+            for split in splits
+        ]
+    except prepare.PrepareError as error:
+        raise UsageError(str(error)) from error
+    how = f"a random {args.pc:g}% (seed {seed})" if seed is not None else f"the first {args.pc:g}%"
+    print(f"{args.dataset}: {how} of each split (rounded down, at least 1 row)")
+    rows = [(r.split, f"{r.rows_in:,}", f"{r.rows_written:,}", f"{r.bytes:,}", str(r.path)) for r in results]
+    print(_table(("split", "rows in", "written", "bytes", "file"), rows, right=(1, 2, 3)))
+    if settings is not None:
+        files = {r.split: r.path for r in results}
+        _upload_splits(prepare.upload_plan(settings, plan_name, files[train], files[test] if test else None), args)
+    return EXIT_OK
+
+
+def _upload_splits(plan: list[Any], args: argparse.Namespace) -> None:
+    """Upload in plan order (the sidecar test split first), each file streamed with a progress bar."""
+    from shared.blobnames import sidecar_name
+    from shared.prepare import upload_file
+
+    with _run_records("intake container") as services:
+        container = services.settings.intake_container
+        if len(plan) == 1 and services.storage.blob(sidecar := sidecar_name(plan[0].blob)).exists():
+            raise UsageError(
+                f"{container}/{sidecar} exists from an earlier upload and intake would test on it; "
+                "delete it, pass --test-split, or choose another --name"
+            )
+        for item in plan:
+            blob = services.storage.blob(item.blob)
+            with _progress_bar(item.path, desc=f"uploading {item.path.name}") as progress:
+                upload_file(blob, item.path, max_concurrency=args.max_concurrency or 4, progress=progress)
+            role = "test split (sidecar, uploaded first)" if item.role == "test" else "train split"
+            print(f"uploaded {item.path} ({item.path.stat().st_size:,} bytes) to {container}/{item.blob}: {role}")
+    if len(plan) == 1:
+        print("No test split: intake holds out a deterministic share of the train split for testing.")
+    print("Intake validates the upload and starts fine-tuning; follow it with `python -m shared.cli status`.")
+
+
+def _rows_bar(split: str) -> Callable[[int, int], Callable[[int], None] | None]:
+    """A factory of tqdm bars counting rows written (a terminal only; the bars close when done)."""
+
+    def start(_total: int, count: int) -> Callable[[int], None] | None:
+        if not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        bar = tqdm(total=count, unit=" rows", desc=split, delay=0.5, leave=False)
+
+        def update(done: int) -> None:
+            bar.update(done - bar.n)
+            if done >= count:
+                bar.close()
+
+        return update
+
+    return start
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """A plain aligned table (columns in ``right`` right-aligned), readable in logs and pipes."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines)
 
 
 # status ----------------------------------------------------------------------------------
@@ -235,8 +388,11 @@ def _cleanup(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _run_records() -> Iterator[Any]:
-    """Services over the configured storage, starting Azurite for the call when local storage is down."""
+def _run_records(what: str = "run records") -> Iterator[Any]:
+    """Services over the configured storage, starting Azurite for the call when local storage is down.
+
+    ``what`` names what the caller needs from storage, in the error messages.
+    """
     from shared.host.runner import ensure_azurite
     from shared.services import Services
 
@@ -244,13 +400,13 @@ def _run_records() -> Iterator[Any]:
     try:
         emulator = ensure_azurite(settings)
     except (OSError, RuntimeError) as error:
-        raise UsageError(f"cannot start Azurite for the local run records: {error}") from error
+        raise UsageError(f"cannot start Azurite for the local {what}: {error}") from error
     try:
         services = Services.create(settings)
         services.storage.ensure()
         yield services
     except _storage_errors() as error:
-        raise UsageError(f"cannot reach the run records in storage: {error}") from error
+        raise UsageError(f"cannot reach the {what} in storage: {error}") from error
     finally:
         if emulator is not None:
             emulator.stop()
@@ -348,6 +504,24 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
+
+
+def _percentage(text: str) -> float:
+    from shared.prepare import PrepareError, check_percentage
+
+    try:
+        return check_percentage(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    except PrepareError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no names in {text!r}")
+    return names
 
 
 if __name__ == "__main__":

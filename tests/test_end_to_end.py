@@ -1,0 +1,163 @@
+"""The whole product on one machine, the way `make demo` runs it: no fakes anywhere.
+
+Azurite over its real protocol, the functions as the Functions host would call them (through
+the local host), the local workspace training a real LoRA adapter in a separate process, MLflow's
+registry, a uvicorn endpoint with a key, and the idle sweep deleting it. The second test stops
+the host in the middle of a rollout and proves a new host takes the run the rest of the way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import httpx
+import orjson
+import pytest
+
+from shared.config import Settings
+from shared.host.runner import LocalHost
+from shared.runs import RunRecord, RunState
+from tests.data import dataset
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated"),  # MLflow's own store
+]
+
+# The stand-in model starts from random weights: the walkthrough's 5e-6 would teach it nothing.
+TRAIN_PARAMETERS = {"num_train_epochs": 1, "learning_rate": 2e-3}
+LIVE_TIMEOUT_S = 480
+FAILED = {RunState.INVALID, RunState.SUBMIT_FAILED, RunState.FAILED, RunState.CANCELED, RunState.ROLLED_BACK}
+HAPPY_PATH = [
+    RunState.RECEIVED,
+    RunState.SUBMITTED,
+    RunState.TRAINING,
+    RunState.SUCCEEDED,
+    RunState.REGISTERED,
+    RunState.DEPLOYING,
+    RunState.SMOKE_TESTING,
+    RunState.PROMOTING,
+    RunState.LIVE,
+]
+
+
+def local_settings(settings: Settings, **changes: object) -> Settings:
+    """The test's Azurite names and data folder, with the demo's short waits."""
+    return settings.model_copy(
+        update={
+            "finetune_parameters": TRAIN_PARAMETERS,
+            "poll_interval_s": 1,
+            "cleanup_schedule": "*/2 * * * * *",
+            "cleanup_grace_s": 0,
+            **changes,
+        }
+    )
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[tuple[LocalHost, list[str]]]:
+    """A local host delivering in a background thread, stopped (with all it started) on exit."""
+    printed: list[str] = []
+    host = LocalHost(settings, out=printed.append)
+    host.start()
+    worker = threading.Thread(target=host.run, kwargs={"interval_s": 0.25}, daemon=True)
+    worker.start()
+    try:
+        yield host, printed
+    finally:
+        host.stop()
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+
+
+def wait_for_state(host: LocalHost, done: Callable[[RunRecord], bool], timeout_s: float) -> RunRecord:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        records = list(host.services.runs.all())
+        for record in records:
+            if record.state in FAILED:
+                pytest.fail(f"run {record.run_id} ended {record.state}: {record.reason}")
+            if done(record):
+                return record
+        time.sleep(0.5)
+    pytest.fail(f"no run reached the expected state within {timeout_s} s: {[(r.run_id, r.state) for r in records]}")
+
+
+def upload(host: LocalHost, name: str, content: bytes) -> None:
+    settings = host.settings
+    host.services.storage.blob(f"{settings.intake_prefix}{name}").upload_blob(content, overwrite=True)
+
+
+def test_upload_to_live_endpoint_to_idle_sweep(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = local_settings(settings, idle_window_s=15)
+    with running(settings) as (host, printed):
+        upload(host, "support-chat.jsonl", dataset(60))
+        live = wait_for_state(host, lambda r: r.state is RunState.LIVE, LIVE_TIMEOUT_S)
+
+        # Every step happened, in order, and is on the record.
+        states = list(dict.fromkeys(RunState(entry["state"]) for entry in live.history))  # first time each
+        assert [s for s in states if s in HAPPY_PATH] == HAPPY_PATH
+        assert {"train_loss", "eval_loss"} <= set(live.metrics)
+        assert live.metrics["train_loss"] > 0
+
+        # The report sits beside the upload; the splits went where the job read them.
+        container = host.services.storage.container
+        report = orjson.loads(
+            container.get_blob_client(f"{settings.reports_prefix}support-chat.jsonl.validation.json")
+            .download_blob()
+            .readall()
+        )
+        assert report["valid"] is True
+        assert report["stats"]["examples"] == 60
+
+        # Registered in MLflow's registry under the name and version the rollout chose.
+        platform = host.services.platform
+        model = platform.get_model(live.model_name, live.model_version)
+        assert model is not None
+
+        # The endpoint answers in the managed endpoint's scoring contract, and only with its key.
+        endpoint = platform.get_endpoint(live.endpoint)
+        assert endpoint is not None
+        assert endpoint.traffic == {live.deployment: 100}
+        body = {"input_data": {"input_string": [[{"role": "user", "content": "Hello?"}]], "parameters": {}}}
+        assert httpx.post(endpoint.scoring_uri, json=body, timeout=60).status_code == 401
+        key = platform.get_endpoint_key(live.endpoint)
+        answer = httpx.post(endpoint.scoring_uri, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        assert answer.status_code == 200
+        assert isinstance(answer.json()["output"], str)
+        assert any(endpoint.scoring_uri in line for line in printed)  # the host showed where to call it
+
+        # The key is fetched at call time only: never in the run record, the reports, the logs or the output.
+        entity = host.services.storage.table.get_entity("run", live.run_id)
+        assert key not in orjson.dumps(dict(entity), default=str).decode()
+        for blob in container.list_blobs(name_starts_with=settings.reports_prefix):
+            assert key.encode() not in container.get_blob_client(blob.name).download_blob().readall()
+        assert key not in caplog.text
+        assert not any(key in line for line in printed)
+
+        # Nobody calls it for the idle window: the sweep deletes it and says so on the record.
+        retired = wait_for_state(host, lambda r: r.state is RunState.RETIRED, settings.idle_window_s + 120)
+        assert retired.history[-1]["note"] == f"endpoint {live.endpoint} deleted: no requests in the last 15 s"
+        assert platform.get_endpoint(live.endpoint) is None
+        with pytest.raises(httpx.TransportError):
+            httpx.post(endpoint.scoring_uri, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=5)
+
+
+def test_a_host_restarted_mid_rollout_takes_the_run_to_live(settings: Settings) -> None:
+    settings = local_settings(settings, idle_window_s=86400)
+    with running(settings) as (host, _):
+        upload(host, "restart-chat.jsonl", dataset(40, start=500))
+        mid = wait_for_state(host, lambda r: r.state in (RunState.DEPLOYING, RunState.SMOKE_TESTING), LIVE_TIMEOUT_S)
+    # The host is down mid-rollout (its processes stopped with it); a new one picks the run up.
+    with running(settings) as (host, _):
+        live = wait_for_state(host, lambda r: r.run_id == mid.run_id and r.state is RunState.LIVE, LIVE_TIMEOUT_S)
+        endpoint = host.services.platform.get_endpoint(live.endpoint)
+        assert endpoint is not None
+        assert endpoint.traffic == {live.deployment: 100}
+        deployments = host.services.platform.list_deployments(live.endpoint)
+        assert [d.name for d in deployments] == [live.deployment]  # one live deployment, no orphans
