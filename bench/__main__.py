@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n=== summary")
     for name, returncode, seconds in outcomes:
         verdict = "target met" if returncode == 0 else f"TARGET MISSED or failed (exit {returncode}), see above"
+        if name == "validation" and args.quick and returncode == 0:
+            verdict = "ran; its target is for files of 1 GB and more, which --quick does not measure"
         print(f"{name:<16} {seconds:6.0f} s  {verdict}")
     return 1 if any(returncode for _, returncode, _ in outcomes) else 0
 

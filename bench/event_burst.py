@@ -12,7 +12,8 @@ record, and redeliveries of earlier events. Each is turned into the ``func.Event
 the Python worker builds (its own converter) beforehand, then delivered to
 ``functions.rollout.run_events`` from a thread pool, as the worker runs sync functions, and
 timed per call. A few deliveries first, untimed, open the connections. The queue must end
-up holding exactly the events for ftpilot's jobs.
+up holding exactly the events for ftpilot's jobs. The same events are then delivered again
+one at a time, for reference: the latency without contention.
 
 Baseline in the same run, same pool and count: one Table point read plus one queue send
 with the SDK clients, the least the function must do for an event it queues.
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         floor, floor_wall = sdk_floor(services, jobs, args.events, args.concurrency)
         samples, wall = timed_burst(run_events, deliveries, args.concurrency)
         queued = services.storage.queue.get_queue_properties().approximate_message_count - len(warm_up)
+        alone, alone_wall = timed_burst(run_events, deliveries, 1)
     expected = sum(kind.endswith("ours") for kind, _ in events)
     if queued != expected:
         raise SystemExit(f"the burst queued {queued} messages, expected {expected} (one per event for our jobs)")
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         row("`run_events`, every event", ours, f"{ours.count / wall:,.0f}", f"**{ours.p99 / baseline.p99:.2f}x**"),
         row("`run_events`, the events it queued", queued_only, "", f"{queued_only.p99 / baseline.p99:.2f}x"),
         row("baseline: table point read + queue send", baseline, f"{baseline.count / floor_wall:,.0f}", "1x"),
+        row("reference: `run_events`, one call at a time", Latency.of(alone), f"{len(alone) / alone_wall:,.0f}", ""),
     ]
     burst = f"Burst: {mix} and {len(events) - sum(k in MIX for k, _ in events)} redeliveries; {queued} queued."
     print(burst, *rows, sep="\n")

@@ -25,6 +25,7 @@ from shared.cli import main
 from shared.config import Settings, get_settings
 from shared.prepare import PrepareError, pick_split, rows_for, sample_indices, split_name
 from shared.sample_data import conversations
+from shared.storage import Storage
 from tests.paths import REPO
 
 SIZES = {"train_sft": 40, "test_sft": 20, "train_gen": 10, "test_gen": 10}
@@ -393,23 +394,22 @@ def cli_settings(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.fixture
-def uploads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, set[str]]]:
+def uploads(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, set[str]]]:
     """Each upload_blob call: the blob name and the blobs that already existed when it started."""
-    from azure.storage.blob import BlobClient, ContainerClient
+    from azure.storage.blob import BlobClient
 
     calls: list[tuple[str, set[str]]] = []
     original = BlobClient.upload_blob
 
     def observed(self: BlobClient, *args, **kwargs):
-        container = ContainerClient.from_container_url(self.url.rsplit("/", 1)[0], credential=self.credential)
-        calls.append((self.blob_name, {b.name for b in container.list_blobs()}))
+        calls.append((self.blob_name, {blob.name for blob in storage.container.list_blobs()}))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(BlobClient, "upload_blob", observed)
     return calls
 
 
-def blob_bytes(storage, name: str) -> bytes:
+def blob_bytes(storage: Storage, name: str) -> bytes:
     return storage.blob(name).download_blob().readall()
 
 

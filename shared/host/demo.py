@@ -25,6 +25,9 @@ DEMO_SETTINGS = {
     "FTPILOT_IDLE_WINDOW_S": "40",
     "FTPILOT_CLEANUP_GRACE_S": "0",
     "FTPILOT_CLEANUP_SCHEDULE": "*/5 * * * * *",
+    # The stand-in base model starts from random weights: the walkthrough's 3 epochs at 5e-6
+    # would take minutes and teach it nothing visible.
+    "FTPILOT_FINETUNE_PARAMETERS": '{"num_train_epochs": 1, "learning_rate": 0.002}',
 }
 END_STATES = {RunState.INVALID, RunState.SUBMIT_FAILED, RunState.FAILED, RunState.CANCELED, RunState.ROLLED_BACK}
 

@@ -28,6 +28,8 @@ from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 DEFAULT_PORTS = (10000, 10001, 10002)
+# What a person wants to see of a finished job; status --json and MLflow have the rest.
+HEADLINE_METRICS = ("train_loss", "eval_loss", "train_runtime", "epoch")
 
 
 def storage_ports(connection: str) -> tuple[int, int, int] | None:
@@ -59,7 +61,8 @@ class RunPrinter:
                 if entry["state"] in ("invalid", "failed", "rolled_back", "submit_failed") and record.reason:
                     self.out(f"           reason: {record.reason}")
                 if entry["state"] == "succeeded" and record.metrics:
-                    metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(record.metrics.items()))
+                    shown = [k for k in HEADLINE_METRICS if k in record.metrics] or sorted(record.metrics)
+                    metrics = ", ".join(f"{k}={record.metrics[k]:.4g}" for k in shown)
                     self.out(f"           metrics: {metrics}")
                 if entry["state"] == "live":
                     self.out(f"           endpoint {record.endpoint}: {scoring_uri(record.endpoint)}")
