@@ -1,6 +1,6 @@
 """Run every benchmark, each in a fresh interpreter, and say which met its target.
 
-    python -m bench [--quick] [--no-docs]
+    python -m bench [--quick | --sizes 200MB,1GB] [--no-docs]
 
 Each benchmark runs as ``python -m bench.<name>`` in its own process, so one's imports,
 threads and garbage never skew the next one's figures, and one that crashes does not stop
@@ -20,9 +20,9 @@ import time
 from bench import REPO, arguments
 
 
-def plan(quick: bool, docs: bool) -> dict[str, list[str]]:
+def plan(sizes: str, quick: bool, docs: bool) -> dict[str, list[str]]:
     """Each benchmark's module name and its arguments, in the order they run."""
-    validation = ["--sizes", "200MB"] if quick else ["--sizes", "200MB,1GB"]
+    validation = ["--sizes", "200MB" if quick else sizes]
     if quick or not docs:
         validation.append("--no-docs")
     others = [] if docs else ["--no-docs"]
@@ -37,11 +37,13 @@ def plan(quick: bool, docs: bool) -> dict[str, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = arguments(__doc__)
-    parser.add_argument("--quick", action="store_true", help="validation at 200MB only (its docs section untouched)")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="validation at 200MB only (its docs section untouched)")
+    sizes.add_argument("--sizes", default="200MB,1GB", help="validation's file sizes (default 200MB,1GB)")
     args = parser.parse_args(argv)
 
     outcomes: list[tuple[str, int, float]] = []
-    for name, options in plan(args.quick, not args.no_docs).items():
+    for name, options in plan(args.sizes, args.quick, not args.no_docs).items():
         command = [sys.executable, "-m", f"bench.{name}", *options]
         print(f"\n=== {' '.join(['python', *command[1:]])}", flush=True)
         started = time.perf_counter()

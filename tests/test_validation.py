@@ -412,8 +412,9 @@ def test_options_refuse_nonsense() -> None:
         ValidationOptions(reserved_tokens=("[INST]",))
 
 
-def test_every_code_is_documented_with_its_severity() -> None:
-    """docs/validation.md's table is the reference users read: it must match the code."""
-    table = (REPO / "docs" / "validation.md").read_text(encoding="utf-8")
+@pytest.mark.parametrize("document", ["docs/validation.md", "README.md"])
+def test_every_code_is_documented_with_its_severity(document: str) -> None:
+    """The tables users read (the README's and docs/validation.md's) must match the code."""
+    table = (REPO / document).read_text(encoding="utf-8")
     documented = dict(re.findall(r"^\| `([a-z_0-9.]+)` \| (error|warning|note) \|", table, flags=re.MULTILINE))
     assert documented == {code: str(check.severity) for code, check in CHECKS.items()}

@@ -21,7 +21,7 @@ import urllib.parse
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shared.platform.azureml._http import HttpStatusError, request_json
+from shared.platform.http import HttpStatusError, request_json
 from shared.platform.port import NotFoundError
 
 if TYPE_CHECKING:

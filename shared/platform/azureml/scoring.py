@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from shared.platform.azureml._http import request_json
 from shared.platform.azureml.service import get_or_none
+from shared.platform.http import request_json
 from shared.platform.port import NotFoundError, PlatformConfigError, PlatformError
 
 if TYPE_CHECKING:

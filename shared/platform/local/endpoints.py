@@ -197,7 +197,7 @@ class Endpoints:
 
     def invoke(self, endpoint: str, deployment: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
         """POST ``payload`` to the endpoint's scoring URI, pinned to ``deployment``, with the endpoint's key."""
-        from shared.platform.azureml._http import request_json  # the Azure adapter's scrubbing JSON client
+        from shared.platform.http import request_json  # the adapters' scrubbing JSON client
 
         info = self.get_endpoint(endpoint)
         if info is None or info.scoring_uri is None:
