@@ -1,0 +1,88 @@
+"""`status` and `cleanup --dry-run` from the command line, over Azurite, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared import cli
+from shared.config import Settings, get_settings
+from shared.runs import RunState
+from shared.services import Services
+from tests.test_cleanup import MANAGED, ago, run
+
+
+@pytest.fixture
+def env(settings: Settings, services: Services, monkeypatch: pytest.MonkeyPatch, tmp_path, fake_platform):
+    """The CLI's environment: the test's storage names; the fake where Azure ML would be."""
+    monkeypatch.chdir(tmp_path)  # no local.settings.json from the developer's checkout
+    for name in ("storage", "intake_container", "runs_table", "rollout_queue", "data_dir"):
+        monkeypatch.setenv(f"FTPILOT_{name.upper()}", str(getattr(settings, name)))
+    monkeypatch.setattr("shared.services.build_platform", lambda _: fake_platform)
+    get_settings.cache_clear()
+    yield services
+    get_settings.cache_clear()
+
+
+def test_status_lists_every_run_with_the_reason_for_a_failure(env: Services, capsys) -> None:
+    run(env, "r-live", "ft-live", RunState.LIVE)
+    env.runs.update("r-live", lambda r: r.moved(RunState.LIVE, metrics={"train_loss": 1.5, "eval_loss": 1.7}))
+    run(env, "r-bad", "", RunState.INVALID)
+    env.runs.update("r-bad", lambda r: r.moved(RunState.INVALID, reason="line 3: messages is missing"))
+
+    assert cli.main(["status", "--json"]) == cli.EXIT_OK
+    rows = {row["run_id"]: row for row in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"r-live", "r-bad"}
+    assert (rows["r-live"]["state"], rows["r-live"]["endpoint"], rows["r-live"]["reason"]) == ("live", "ft-live", "")
+    assert rows["r-live"]["metrics"] == {"train_loss": 1.5, "eval_loss": 1.7}
+    assert (rows["r-bad"]["state"], rows["r-bad"]["reason"]) == ("invalid", "line 3: messages is missing")
+
+    assert cli.main(["status"]) == cli.EXIT_OK
+    table = capsys.readouterr().out
+    assert "r-live"[:8] in table
+    assert "messages is missing" in table
+
+
+def test_status_without_runs_says_how_to_start(env: Services, capsys) -> None:
+    assert cli.main(["status"]) == cli.EXIT_OK
+    assert "No runs yet" in capsys.readouterr().out
+
+
+def test_cleanup_dry_run_reports_and_touches_nothing(env: Services, fake_platform, capsys) -> None:
+    fake_platform.add_endpoint("ft-idle", tags=MANAGED, created_at=ago(48))
+    fake_platform.add_endpoint("ft-busy", tags=MANAGED, created_at=ago(48), requests=3)
+    fake_platform.add_endpoint("team-prod", tags={"owner": "team"}, created_at=ago(500))
+    run(env, "r-idle", "ft-idle", RunState.LIVE)
+    before = env.runs.get("r-idle")
+
+    assert cli.main(["cleanup", "--dry-run", "--json"]) == cli.EXIT_OK
+    decisions = {d["endpoint"]: d for d in json.loads(capsys.readouterr().out)}
+    assert set(decisions) == {"ft-idle", "ft-busy"}  # the unmanaged one is not even considered
+    assert decisions["ft-idle"]["action"] == "would_delete"
+    assert decisions["ft-idle"]["run_id"] == "r-idle"
+    assert decisions["ft-busy"]["action"] == "kept"
+    assert set(fake_platform.endpoints) == {"ft-idle", "ft-busy", "team-prod"}
+    assert env.runs.get("r-idle") == before  # a dry run records nothing
+
+    assert cli.main(["cleanup", "--dry-run"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "dry run: nothing deleted" in out
+    assert "would_delete" in out
+
+
+def test_cleanup_without_dry_run_is_one_real_tick(env: Services, fake_platform, capsys) -> None:
+    fake_platform.add_endpoint("ft-idle", tags=MANAGED, created_at=ago(48))
+    run(env, "r-idle", "ft-idle", RunState.LIVE)
+    assert cli.main(["cleanup", "--json"]) == cli.EXIT_OK
+    assert json.loads(capsys.readouterr().out)[0]["action"] == "deleted"
+    assert "ft-idle" not in fake_platform.endpoints
+    assert env.runs.get("r-idle").state is RunState.RETIRED
+
+
+def test_bad_settings_exit_2_naming_the_setting(env: Services, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("FTPILOT_TEST_FRACTION", "2")
+    assert cli.main(["status"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "FTPILOT_TEST_FRACTION" in err
+    assert "Traceback" not in err
