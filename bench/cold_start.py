@@ -3,7 +3,11 @@
     python -m bench.cold_start [--runs 5] [--platform azureml] [--no-docs]
 
 The Functions host starts a worker process and imports ``function_app`` before the first
-trigger is served, on every cold start and scale-out. Each measured run is its own
+trigger is served, on every cold start and scale-out. The interpreter is a virtual
+environment with exactly ``requirements.txt`` installed, what a deployed Function App has
+(``bench/.data/runtime-venv``, built on first use and rebuilt when requirements.txt changes;
+the development ``.venv`` also holds MLflow's aiohttp, which azure-core then imports, and
+would overstate the cost by ~0.3 s). Each measured run is its own
 interpreter (cwd = the repository, environment = local.settings.sample.json's app settings
 with ``FTPILOT_PLATFORM`` as chosen, warm page cache and compiled bytecode after one untimed
 run): the child times its own import with ``perf_counter`` and the kernel reports the
@@ -19,6 +23,7 @@ Exits 1 when the median import takes 0.5 s or more, the peak RSS reaches 80 MB, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -54,6 +59,21 @@ class Sample:
     azure_ai_ml: bool
 
 
+def runtime_python() -> str:
+    """The interpreter of a venv holding only requirements.txt, (re)built when that file changes."""
+    requirements = REPO / "requirements.txt"
+    venv = REPO / "bench" / ".data" / "runtime-venv"
+    stamp = venv / "requirements.sha256"
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    python = venv / "bin" / "python"
+    if not (python.exists() and stamp.exists() and stamp.read_text() == digest):
+        print(f"building {venv.relative_to(REPO)} from requirements.txt (once)...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", str(requirements)], check=True)
+        stamp.write_text(digest)
+    return str(python)
+
+
 def app_environment(platform: str) -> dict[str, str]:
     """A Function App's settings (the sample's values), not whatever FTPILOT_* this shell has."""
     values = json.loads((REPO / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
@@ -61,16 +81,16 @@ def app_environment(platform: str) -> dict[str, str]:
     return inherited | values | {"FTPILOT_PLATFORM": platform}
 
 
-def run_probe(imports: str, platform: str) -> Sample:
-    result = measure([sys.executable, "-c", PROBE.format(imports=imports)], cwd=REPO, env=app_environment(platform))
+def run_probe(python: str, imports: str, platform: str) -> Sample:
+    result = measure([python, "-c", PROBE.format(imports=imports)], cwd=REPO, env=app_environment(platform))
     if result.returncode != 0:
         raise SystemExit(f"importing failed ({imports!r}, FTPILOT_PLATFORM={platform}): exit {result.returncode}")
     reported = json.loads(result.stdout)
     return Sample(reported["import_s"], result.wall_s, result.peak_rss_bytes, reported["azure_ai_ml"])
 
 
-def run_bare() -> Sample:
-    result = measure([sys.executable, "-c", "pass"], cwd=REPO)
+def run_bare(python: str) -> Sample:
+    result = measure([python, "-c", "pass"], cwd=REPO)
     return Sample(0.0, result.wall_s, result.peak_rss_bytes, azure_ai_ml=False)
 
 
@@ -84,10 +104,10 @@ def median_of(samples: list[Sample]) -> Sample:
     )
 
 
-def top_imports(platform: str, count: int = 10) -> list[tuple[float, float, str]]:
+def top_imports(python: str, platform: str, count: int = 10) -> list[tuple[float, float, str]]:
     """(cumulative ms, self ms, module) of the most expensive imports, one ``·`` per level of nesting."""
     completed = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import function_app"],
+        [python, "-X", "importtime", "-c", "import function_app"],
         cwd=REPO,
         env=app_environment(platform),
         capture_output=True,
@@ -110,11 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     print(about := machine())
-    run_probe("import function_app", args.platform)  # untimed: compile bytecode, warm the page cache
-    leaks = [platform for platform in PLATFORMS if run_probe("import function_app", platform).azure_ai_ml]
-    ours = median_of([run_probe("import function_app", args.platform) for _ in range(args.runs)])
-    eager = median_of([run_probe("import function_app\nimport azure.ai.ml", args.platform) for _ in range(args.runs)])
-    bare = median_of([run_bare() for _ in range(args.runs)])
+    python = runtime_python()
+    run_probe(python, "import function_app", args.platform)  # untimed: compile bytecode, warm the page cache
+    leaks = [platform for platform in PLATFORMS if run_probe(python, "import function_app", platform).azure_ai_ml]
+    ours = median_of([run_probe(python, "import function_app", args.platform) for _ in range(args.runs)])
+    eager_imports = "import function_app\nimport azure.ai.ml"
+    eager = median_of([run_probe(python, eager_imports, args.platform) for _ in range(args.runs)])
+    bare = median_of([run_bare(python) for _ in range(args.runs)])
 
     time_ratio = ours.import_s / eager.import_s
     rss_ratio = ours.peak_rss_bytes / eager.peak_rss_bytes
@@ -131,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         imported = f"{sample.import_s:.3f}" if sample.import_s else "-"
         rows.append(f"| {label} | {imported} | {sample.wall_s:.3f} | {sample.peak_rss_bytes / MB:.0f} | {ratio} |")
         print(rows[-1])
-    costs = top_imports(args.platform)
+    costs = top_imports(python, args.platform)
     print("top imports (cumulative ms, self ms, module):")
     for cumulative, own, module in costs:
         print(f"  {cumulative:8.1f} {own:7.1f}  {module}")

@@ -1,6 +1,6 @@
 """Event burst: how fast the Event Grid function answers when 1,000 run events arrive at once.
 
-    python -m bench.event_burst [--events 1000] [--concurrency 16] [--no-docs]
+    python -m bench.event_burst [--events 1000] [--concurrency N] [--no-docs]
 
 Event Grid retries a delivery that is not answered in time, and a busy workspace emits a
 burst of events when a pipeline's steps finish, so ``run_events`` must answer quickly under
@@ -11,7 +11,10 @@ events from a foreign workspace, jobs ftpilot did not submit, ftpilot-named jobs
 record, and redeliveries of earlier events. Each is turned into the ``func.EventGridEvent``
 the Python worker builds (its own converter) beforehand, then delivered to
 ``functions.rollout.run_events`` from a thread pool, as the worker runs sync functions, and
-timed per call. A few deliveries first, untimed, open the connections. The queue must end
+timed per call. The pool has the Python worker's own default size for sync functions
+(``PYTHON_THREADPOOL_THREAD_COUNT`` unset on Python 3.9+: ``min(32, cpu_count + 4)``, 6 on two
+cores); the host holds the rest of a burst until a thread is free, and scale-out adds instances.
+A few deliveries first, untimed, open the connections. The queue must end
 up holding exactly the events for ftpilot's jobs. The same events are then delivered again
 one at a time, for reference: the latency without contention.
 
@@ -24,6 +27,7 @@ Exits 1 when the function's p99 is 200 ms or more.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import sys
 import time
@@ -50,6 +54,8 @@ RUNS = 100
 MIX = {"ours": 0.45, "child step": 0.2, "foreign topic": 0.1, "not ftpilot's": 0.1, "no record": 0.05}
 STATUSES = ("Running", "Completed", "Completed", "Failed")
 WARM_UP = 16
+# The Python worker's default pool for sync functions (PYTHON_THREADPOOL_THREAD_COUNT unset, Python 3.9+).
+WORKER_THREADS = min(32, (os.cpu_count() or 1) + 4)
 T = TypeVar("T")
 
 
@@ -123,7 +129,12 @@ def row(label: str, latency: Latency, rate: str, ratio: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = arguments(__doc__)
     parser.add_argument("--events", type=int, default=1000, help="events in the burst (default 1000)")
-    parser.add_argument("--concurrency", type=int, default=16, help="deliveries in flight at once (default 16)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=WORKER_THREADS,
+        help=f"deliveries in flight at once (default {WORKER_THREADS}, the Python worker's thread pool here)",
+    )
     args = parser.parse_args(argv)
 
     print(about := machine())

@@ -81,7 +81,9 @@ class Settings(BaseSettings):
     idle_window_s: int = Field(86400, gt=0, description="An endpoint that served no request for this long is deleted.")
     cleanup_grace_s: int = Field(3600, ge=0, description="Endpoints younger than this are never deleted.")
     cleanup_dry_run: bool = Field(False, description="Report what the sweep would delete, delete nothing.")
-    cleanup_concurrency: int = Field(16, ge=1, description="Endpoints checked at once.")
+    cleanup_concurrency: int = Field(
+        32, ge=1, description="Endpoints checked at once (each check is an Azure Monitor call of ~0.2 s)."
+    )
 
     # Local workspace.
     data_dir: Path = Field(Path(".ftpilot"), description="Local workspace state (jobs, MLflow, endpoints).")
