@@ -69,11 +69,17 @@ class Azurite:
     def connection_string(self) -> str:
         return connection_string(self.blob_port, self.queue_port, self.table_port)
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 10) -> None:
+        """Terminate, then kill after ``grace_s``.
+
+        Azurite 3.37 does not exit on SIGTERM once it has served a request; the grace period is
+        what lets its store save the last writes (it autosaves every few seconds) before the kill.
+        Throw-away data (tests) needs none.
+        """
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(10)
+                self.process.wait(grace_s)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

@@ -197,8 +197,10 @@ def _add_prepare(commands: Commands) -> None:
         help="percent of each split to keep, more than 0 and at most 100 (default 5)",
     )
     command.add_argument("--splits", type=_names, metavar="A,B", help="only these splits (default: all)")
-    command.add_argument("--sample", action="store_true", help="a seeded random sample instead of the first rows")
-    command.add_argument("--seed", type=int, help="seed of --sample (default 0)")
+    command.add_argument(
+        "--sample", action="store_true", help="a seeded random sample instead of the first rows (reads every row)"
+    )
+    command.add_argument("--seed", type=int, metavar="S", help="seed of --sample (default 0)")
     command.add_argument(
         "--messages-column", default="messages", metavar="NAME", help="the conversation column (default messages)"
     )
@@ -206,8 +208,10 @@ def _add_prepare(commands: Commands) -> None:
     upload.add_argument("--upload", action="store_true", help="upload the train and test splits to intake")
     upload.add_argument("--train-split", metavar="SPLIT", help="split to train on (default: the one named train*)")
     upload.add_argument("--test-split", metavar="SPLIT", help="split to test on (default: the one named test*)")
-    upload.add_argument("--name", help="upload as <intake prefix>/NAME.jsonl (default: the dataset's name)")
-    upload.add_argument("--max-concurrency", type=_positive, help="parallel block uploads per file (default 4)")
+    upload.add_argument("--name", help="upload as <intake prefix>NAME.jsonl (default: the dataset's name)")
+    upload.add_argument(
+        "--max-concurrency", type=_positive, metavar="N", help="parallel block uploads per file (default 4)"
+    )
     command.set_defaults(handler=_prepare)
 
 
@@ -339,9 +343,7 @@ def _status(args: argparse.Namespace) -> int:
     elif not table_rows:
         print("No runs yet: upload a .jsonl file to the intake container (or run `python -m shared.cli demo`).")
     else:
-        from rich.console import Console
-
-        Console().print(render(table_rows))
+        _console().print(render(table_rows))
     return EXIT_OK
 
 
@@ -375,7 +377,6 @@ def _cleanup(args: argparse.Namespace) -> int:
     elif not decisions:
         print("No endpoints managed by ftpilot.")
     else:
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title="idle sweep (dry run: nothing deleted)" if args.dry_run else "idle sweep")
@@ -383,7 +384,7 @@ def _cleanup(args: argparse.Namespace) -> int:
             table.add_column(column, overflow="fold")
         for decision in decisions:
             table.add_row(decision.endpoint, decision.action, decision.reason, decision.run_id[:8])
-        Console().print(table)
+        _console().print(table)
     return EXIT_NO if any(d.action == "failed" for d in decisions) else EXIT_OK
 
 
@@ -406,7 +407,7 @@ def _run_records(what: str = "run records") -> Iterator[Any]:
         services.storage.ensure()
         yield services
     except _storage_errors() as error:
-        raise UsageError(f"cannot reach the {what} in storage: {error}") from error
+        raise UsageError(f"cannot reach the {what} in storage: {_storage_message(error)}") from error
     finally:
         if emulator is not None:
             emulator.stop()
@@ -416,6 +417,14 @@ def _storage_errors() -> tuple[type[Exception], ...]:
     from azure.core.exceptions import AzureError
 
     return (AzureError,)
+
+
+def _storage_message(error: Exception) -> str:
+    """The first line of a storage error (the SDK appends request ids and the XML body) and its code."""
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    code = getattr(error, "error_code", None)
+    code = getattr(code, "value", code)  # the SDK's StorageErrorCode enum, or a plain string
+    return f"{first} ({code})" if code else first
 
 
 # up and demo -----------------------------------------------------------------------------
@@ -478,6 +487,13 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\nDone: run {final.run_id[:8]} went live, answered, and was {final.state} by the idle sweep.")
     print(next_steps(settings))
     return EXIT_OK
+
+
+def _console() -> Any:
+    """A rich console; piped into a file or a log, tables keep whole lines instead of 80 columns."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=240)
 
 
 def _quiet_logs() -> None:

@@ -40,12 +40,12 @@ if TYPE_CHECKING:
 
     from shared.config import Settings
 
-OUTPUT_KEYS = ("prompt", "messages", "prompt_id")
 MESSAGES = "messages"
 DATA_FORMATS = {".parquet": "parquet", ".json": "json", ".jsonl": "json"}
 SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}.*$")  # the Hub's data/<split>-00000-of-00003-<hash>.parquet
 HUB_PROBE_TIMEOUT_S = 10
 PROGRESS_EVERY = 1000
+READ_BATCH_ROWS = 1000
 KEPT_MESSAGE_KEYS = ("role", "content")  # kept even when null, so validation reports them
 
 
@@ -215,21 +215,24 @@ def _builder(label: str, arguments: dict[str, Any], config: str | None, *, hub: 
     from datasets.exceptions import DatasetNotFoundError, DatasetsError
 
     try:
-        return datasets.load_dataset_builder(**arguments, name=config)
-    except DatasetNotFoundError as error:
+        builder = datasets.load_dataset_builder(**arguments, name=config)
+    except (DatasetNotFoundError, ConnectionError) as error:
         if hub and hub_offline():
             raise PrepareError(
                 f"{label} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; unset it, or download "
                 f"it elsewhere (`huggingface-cli download --repo-type dataset {label} --local-dir DIR`) "
                 "and pass --dataset DIR"
             ) from error
-        raise PrepareError(f"{label}: {one_line(error)}") from error
-    except ConnectionError as error:
-        if hub:
+        if hub and isinstance(error, ConnectionError):
             raise hub_unreachable(label, one_line(error)) from error
         raise PrepareError(f"{label}: {one_line(error)}") from error
     except (DatasetsError, ValueError, OSError) as error:  # bad config name, patterns matching nothing, ...
         raise PrepareError(f"{label}: {one_line(error)}") from error
+    if getattr(builder.config, "batch_size", 0) is None:
+        # Parquet otherwise hands over (and turns into Python objects) a whole row group at a time:
+        # hundreds of MB for a large one. The row group is still read whole, as Parquet stores it.
+        builder.config.batch_size = READ_BATCH_ROWS
+    return builder
 
 
 # Choosing splits and rows ----------------------------------------------------------------

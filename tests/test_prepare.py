@@ -472,15 +472,26 @@ def test_upload_refusals(source, tmp_path, capsys, storage, uploads) -> None:
     assert uploads == []
 
 
+@pytest.mark.slow  # starts a server (and Azurite takes ~10 s to stop once it has served a request)
 def test_upload_starts_azurite_when_local_storage_is_down(source, tmp_path, capsys, monkeypatch) -> None:
+    from azure.storage.blob import BlobClient
+
     root, _ = source
     ports = (azurite_mod.free_port(), azurite_mod.free_port(), azurite_mod.free_port())
-    data_dir = tmp_path / "ftpilot"
     for key in [k for k in os.environ if k.startswith("FTPILOT_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("FTPILOT_STORAGE", azurite_mod.connection_string(*ports))
-    monkeypatch.setenv("FTPILOT_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("FTPILOT_DATA_DIR", str(tmp_path / "ftpilot"))
     monkeypatch.chdir(tmp_path)
+    stored: dict[str, bytes] = {}
+    original = BlobClient.upload_blob
+
+    def upload_and_read_back(self: BlobClient, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        stored[self.blob_name] = self.download_blob().readall()  # while the call's Azurite still runs
+        return result
+
+    monkeypatch.setattr(BlobClient, "upload_blob", upload_and_read_back)
     get_settings.cache_clear()
     try:
         code, out, err = prepare(capsys, "--dataset", str(root), "--download-dir", "o", "--upload")
@@ -488,16 +499,25 @@ def test_upload_starts_azurite_when_local_storage_is_down(source, tmp_path, caps
         get_settings.cache_clear()
     assert (code, err) == (0, ""), err
     assert "to datasets/incoming/ultrachat_200k.jsonl: train split" in out
+    assert stored == {
+        "incoming/ultrachat_200k.test.jsonl": (tmp_path / "o" / "test_sft.jsonl").read_bytes(),
+        "incoming/ultrachat_200k.jsonl": (tmp_path / "o" / "train_sft.jsonl").read_bytes(),
+    }
     assert not any(azurite_mod.listening(port) for port in ports)  # started for the call, stopped after it
+    assert (tmp_path / "ftpilot" / "azurite").is_dir()  # with its data under FTPILOT_DATA_DIR
 
-    server = azurite_mod.start(data_dir / "azurite", ports)  # its data survived: the blobs are there
-    try:
-        from azure.storage.blob import ContainerClient
 
-        container = ContainerClient.from_connection_string(server.connection_string, "datasets")
-        assert (
-            container.get_blob_client("incoming/ultrachat_200k.jsonl").download_blob().readall()
-            == (tmp_path / "o" / "train_sft.jsonl").read_bytes()
-        )
-    finally:
-        server.stop()
+@pytest.mark.usefixtures("cli_settings")
+def test_a_storage_error_is_one_line(source, tmp_path, capsys, monkeypatch) -> None:
+    root, _ = source
+    monkeypatch.setenv("FTPILOT_INTAKE_CONTAINER", "ab")  # too short for a container name
+    get_settings.cache_clear()
+    code, out, err = prepare(capsys, "--dataset", str(root), "--download-dir", str(tmp_path / "o"), "--upload")
+    assert_usage_error(code, out, err, "cannot reach the intake container in storage: The specified resource name")
+    assert err.rstrip().endswith("(OutOfRangeInput)")
+
+
+def test_hf_hub_offline_skips_the_probe_and_says_the_cache_lacks_it(tmp_path) -> None:
+    result = run_cli(tmp_path, "prepare", "--dataset", "HuggingFaceH4/ultrachat_200k", HF_HUB_OFFLINE="1")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in result.stderr
