@@ -29,6 +29,7 @@ DEMO_SETTINGS = {
     # would take minutes and teach it nothing visible.
     "FTPILOT_FINETUNE_PARAMETERS": '{"num_train_epochs": 1, "learning_rate": 0.002}',
 }
+SCORING_EXAMPLE = '{"input_data": {"input_string": [[{"role": "user", "content": "Hi!"}]], "parameters": {}}}'
 END_STATES = {RunState.INVALID, RunState.SUBMIT_FAILED, RunState.FAILED, RunState.CANCELED, RunState.ROLLED_BACK}
 
 
@@ -108,14 +109,20 @@ def run_demo(dataset: Path | None, out: Callable[[str], None] = print, timeout_s
 
 
 def next_steps(settings: Settings) -> str:
-    mlflow_db = Layout(Path(settings.data_dir)).mlflow_db
+    layout = Layout(Path(settings.data_dir))
     intake = f"{settings.intake_container}/{settings.intake_prefix}"
     return f"""
 Where to look next:
   python -m shared.cli status                 every run: state, job, model, endpoint, reason
-  .venv/bin/mlflow ui --backend-store-uri sqlite:///{mlflow_db}
+  .venv/bin/mlflow ui --backend-store-uri sqlite:///{layout.mlflow_db}
                                               training/eval loss by step, registered models
   python -m shared.cli up                     keep the local host running; drop .jsonl files
                                               into {intake} (Azurite) to fine-tune
   python -m shared.cli validate FILE --show 3 check a dataset before uploading it
+
+Calling a live endpoint (while `up` runs; the URL is printed when it goes live, the key is in
+{layout.keys}/<endpoint>.key), the same way as a managed online endpoint on Azure:
+  curl -s <scoring URL> -H "Authorization: Bearer $(cat {layout.keys}/<endpoint>.key)" \\
+       -H "Content-Type: application/json" \\
+       -d '{SCORING_EXAMPLE}'
 """
