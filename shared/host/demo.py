@@ -17,6 +17,7 @@ from pathlib import Path
 from shared.config import Settings
 from shared.host.runner import LocalHost
 from shared.platform.local.layout import Layout
+from shared.rollout import SMOKE_PARAMETERS
 from shared.runs import RunRecord, RunState
 from shared.sample_data import jsonl
 
@@ -65,7 +66,9 @@ def _ask(host: LocalHost, record: RunRecord, out: Callable[[str], None]) -> None
     platform = host.services.platform
     endpoint = platform.get_endpoint(record.endpoint)
     question = [{"role": "user", "content": "Tell me about tides."}]
-    body = {"input_data": {"input_string": [question], "parameters": {"max_new_tokens": 40, "do_sample": False}}}
+    # The smoke test's sampling: greedy decoding lets a model this small answer with its end token at once.
+    parameters = {**SMOKE_PARAMETERS, "max_new_tokens": 60}
+    body = {"input_data": {"input_string": [question], "parameters": parameters}}
     response = httpx.post(
         endpoint.scoring_uri,
         json=body,
@@ -73,7 +76,8 @@ def _ask(host: LocalHost, record: RunRecord, out: Callable[[str], None]) -> None
         timeout=60,
     )
     response.raise_for_status()
-    out(f"\nYou:   {question[0]['content']}\nModel: {response.json()['output']!r}")
+    answer = response.json()["output"]
+    out(f"\nYou:   {question[0]['content']}\nModel: {answer!r}")
     out("(a tiny model trained for a minute: expect it to echo the sample's style, not to be smart)\n")
 
 
