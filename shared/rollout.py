@@ -276,7 +276,7 @@ def _model_id(record: RunRecord, services: Services) -> str:
 
 def _smoke_test(record: RunRecord, services: Services) -> None:
     """Ask the new deployment (directly, at 0% traffic) one question from the run's test split."""
-    payload = {"input_data": {"input_string": [_sample(record, services)], "parameters": SMOKE_PARAMETERS}}
+    payload = {"input_data": {"input_string": [test_prompt(record, services)], "parameters": SMOKE_PARAMETERS}}
     try:
         answer = services.platform.invoke(
             record.endpoint, record.deployment, payload, timeout_s=services.settings.smoke_timeout_s
@@ -292,7 +292,7 @@ def _smoke_test(record: RunRecord, services: Services) -> None:
     _move(services, record, RunState.PROMOTING, "smoke test passed; moving traffic", phase_started_at=now())
 
 
-def _sample(record: RunRecord, services: Services) -> list[dict[str, str]]:
+def test_prompt(record: RunRecord, services: Services) -> list[dict[str, str]]:
     """The first test conversation, cut after its last user turn so the model has to answer."""
     download = services.storage.blob(record.test_path).download_blob()
     for _, line in iter_lines(download.chunks()):

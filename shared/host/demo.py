@@ -17,7 +17,7 @@ from pathlib import Path
 from shared.config import Settings
 from shared.host.runner import LocalHost
 from shared.platform.local.layout import Layout
-from shared.rollout import SMOKE_PARAMETERS
+from shared.rollout import SMOKE_PARAMETERS, test_prompt
 from shared.runs import RunRecord, RunState
 from shared.sample_data import jsonl
 
@@ -60,15 +60,19 @@ def _wait_for(
 
 
 def _ask(host: LocalHost, record: RunRecord, out: Callable[[str], None]) -> None:
-    """Call the endpoint the way a client would: its scoring URI, its key, the scoring contract."""
+    """Call the endpoint the way a client would: its scoring URI, its key, the scoring contract.
+
+    The question is one the model was tested on (as in the smoke test): a model this small only
+    knows the shape of its training data.
+    """
     import httpx
 
     platform = host.services.platform
     endpoint = platform.get_endpoint(record.endpoint)
-    question = [{"role": "user", "content": "Tell me about tides."}]
+    conversation = test_prompt(record, host.services)
     # The smoke test's sampling: greedy decoding lets a model this small answer with its end token at once.
     parameters = {**SMOKE_PARAMETERS, "max_new_tokens": 60}
-    body = {"input_data": {"input_string": [question], "parameters": parameters}}
+    body = {"input_data": {"input_string": [conversation], "parameters": parameters}}
     response = httpx.post(
         endpoint.scoring_uri,
         json=body,
@@ -76,9 +80,8 @@ def _ask(host: LocalHost, record: RunRecord, out: Callable[[str], None]) -> None
         timeout=60,
     )
     response.raise_for_status()
-    answer = response.json()["output"]
-    out(f"\nYou:   {question[0]['content']}\nModel: {answer!r}")
-    out("(a tiny model trained for a minute: expect it to echo the sample's style, not to be smart)\n")
+    out(f"\nYou:   {conversation[-1]['content']}\nModel: {response.json()['output']!r}")
+    out("(a tiny random-weight model trained for seconds: expect the sample's words, not sense)\n")
 
 
 def run_demo(dataset: Path | None, out: Callable[[str], None] = print, timeout_s: float = 900) -> RunRecord:

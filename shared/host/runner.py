@@ -52,6 +52,11 @@ class RunPrinter:
     out: Callable[[str], None] = print
     _seen: dict[str, int] = field(default_factory=dict)
 
+    def skip(self, records: list[RunRecord]) -> None:
+        """Treat what ``records`` already say as shown: a restarted host prints only what is new."""
+        for record in records:
+            self._seen[record.run_id] = len(record.history)
+
     def update(self, records: list[RunRecord], scoring_uri: Callable[[str], str | None]) -> None:
         for record in records:
             shown = self._seen.get(record.run_id, 0)
@@ -109,6 +114,10 @@ class LocalHost:
         seen = Path(settings.data_dir) / "host-blobs.json"
         self._blobs = BlobWatcher(storage.container, settings.intake_prefix, seen)
         self._schedule = Schedule(settings.cleanup_schedule)
+        earlier = list(self.services.runs.all())
+        self.printer.skip(earlier)
+        if earlier:
+            self.out(f"{len(earlier)} earlier run(s) on record: python -m shared.cli status")
         self.out(
             f"ftpilot local host: watching {settings.intake_container}/{settings.intake_prefix}, "
             f"workspace in {settings.data_dir}"
