@@ -138,7 +138,8 @@ class ExampleChecker:
             if not content or content.isspace():
                 log.add(SCHEMA_CONTENT_EMPTY, number, f"message {index} ({role}) has empty content")
             elif counter is None:
-                tokens += estimate(content)
+                # estimate()'s ASCII rule inlined: this line runs for every message of every example.
+                tokens += (len(content) + 3) // 4 if content.isascii() else estimate(content)
             else:
                 contents.append(content)
             if scan_reserved and "<|" in content:

@@ -43,3 +43,12 @@ class ExampleRecords:
         self.prompt_ids.append(prompt_id)
         self.messages[messages] += 1
         self.assistant_turns[assistant_turns] += 1
+
+    def extend(self, other: ExampleRecords) -> None:
+        """Append ``other``'s examples (a later part of the same file) after these."""
+        self.lines.extend(other.lines)
+        self.tokens.extend(other.tokens)
+        self.conversations.extend(other.conversations)
+        self.prompt_ids.extend(other.prompt_ids)
+        self.messages.update(other.messages)
+        self.assistant_turns.update(other.assistant_turns)

@@ -47,43 +47,71 @@ class Scan:
         return self.blank + self.examples
 
 
-def scan(chunks: Iterable[bytes], options: ValidationOptions, counter: ContentCounter | None) -> Scan:
-    """Check every line of ``chunks``, stopping early only when the first line shows it is not JSON Lines."""
-    result = Scan(IssueLog(options.samples_per_code))
-    log, samples, keep = result.log, result.samples, options.keep_examples
-    check = ExampleChecker(options, log, result.records, counter).check
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+class LineScanner:
+    """Checks lines in file order into one :class:`Scan`; blocks of lines can go to several scanners.
 
-    def too_long(number: int, size: int) -> None:
-        result.examples += 1  # an example, if an unreadable one
-        log.add(
+    ``at_start``: this scanner sees the file's first line, which alone decides whether the file is
+    JSON Lines at all (a JSON array or a pretty-printed object stops the pass there).
+    """
+
+    def __init__(self, options: ValidationOptions, counter: ContentCounter | None, *, at_start: bool = True) -> None:
+        self.result = Scan(IssueLog(options.samples_per_code))
+        self.options = options
+        self.at_start = at_start
+        self._check = ExampleChecker(options, self.result.log, self.result.records, counter).check
+
+    def too_long(self, number: int, size: int) -> None:
+        self.result.examples += 1  # an example, if an unreadable one
+        self.result.log.add(
             LINE_TOO_LONG,
             number,
-            f"the line is {size:,} bytes, over the {options.max_line_bytes:,}-byte limit; it was skipped "
+            f"the line is {size:,} bytes, over the {self.options.max_line_bytes:,}-byte limit; it was skipped "
             "(is this really one example per line?)",
         )
 
-    blank = examples = 0
-    for number, raw in iter_lines(chunks, max_line_bytes=options.max_line_bytes, on_too_long=too_long):
-        if not raw or raw.isspace():
-            blank += 1
-            continue
-        examples += 1
+    def feed(self, lines: Iterable[tuple[int, bytes | int]]) -> bool:
+        """Check ``lines`` in order (an ``int`` is the size of a line too long to keep); False: stop the pass."""
+        result, keep = self.result, self.options.keep_examples
+        log, samples, check = result.log, result.samples, self._check
+        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        blank = examples = 0
+        at_start = self.at_start and result.examples == 0
         try:
-            example = loads(raw)
-        except decode_error as error:
-            if _unparsable(log, number, raw, str(error), first=examples == 1):
-                result.complete = False
-                break
-            continue
-        if type(example) is not dict:
-            hint = f"; if the whole file is one JSON array, convert it with {TO_JSONL}" if type(example) is list else ""
-            log.add(JSON_NOT_OBJECT, number, f"expected a JSON object, got {describe(example)}{hint}")
-        elif check(number, example, raw) and len(samples) < keep:
-            samples.append(Sample(number, example["messages"]))
-    result.blank = blank
-    result.examples += examples
-    return result
+            for number, raw in lines:
+                if type(raw) is int:
+                    self.too_long(number, raw)
+                    continue
+                if not raw or raw.isspace():
+                    blank += 1
+                    continue
+                examples += 1
+                try:
+                    example = loads(raw)
+                except decode_error as error:
+                    if _unparsable(log, number, raw, str(error), first=at_start and examples == 1):
+                        result.complete = False
+                        return False
+                    continue
+                if type(example) is not dict:
+                    hint = f"; if the whole file is one JSON array, convert it with {TO_JSONL}"
+                    log.add(
+                        JSON_NOT_OBJECT,
+                        number,
+                        f"expected a JSON object, got {describe(example)}{hint if type(example) is list else ''}",
+                    )
+                elif check(number, example, raw) and len(samples) < keep:
+                    samples.append(Sample(number, example["messages"]))
+            return True
+        finally:
+            result.blank += blank
+            result.examples += examples
+
+
+def scan(chunks: Iterable[bytes], options: ValidationOptions, counter: ContentCounter | None) -> Scan:
+    """Check every line of ``chunks``, stopping early only when the first line shows it is not JSON Lines."""
+    scanner = LineScanner(options, counter)
+    scanner.feed(iter_lines(chunks, max_line_bytes=options.max_line_bytes, on_too_long=scanner.too_long))
+    return scanner.result
 
 
 def _unparsable(log: IssueLog, number: int, raw: bytes, error: str, *, first: bool) -> bool:
