@@ -34,10 +34,12 @@ def iter_lines(
     *,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     on_too_long: TooLong | None = None,
+    file_start: bool = True,
 ) -> Iterator[tuple[int, bytes]]:
     """Yield ``(line_number, line)``: 1-based, without the ``\\n`` or a ``\\r`` before it.
 
-    A UTF-8 BOM at the start of line 1 is removed. Blank lines are yielded (callers decide
+    A UTF-8 BOM at the start of line 1 is removed (only at the ``file_start``: a later part of a
+    file numbers its lines from 1 too, but a BOM there is data). Blank lines are yielded (callers decide
     what a blank line means) and a last line without a newline counts. A line longer than
     ``max_line_bytes`` is not yielded: ``on_too_long(line_number, size)`` is called instead,
     or :class:`LineTooLongError` raised when no handler is given.
@@ -68,7 +70,7 @@ def iter_lines(
             too_long(number, size)
         else:
             line = b"".join((*pending, chunk[:newline])) if pending else chunk[:newline]
-            yield number, _finish(line, number)
+            yield number, _finish(line, number if file_start else 0)
 
         # Whole lines inside the chunk: the hot loop. bytes.find is a memchr; bytes.split
         # would be several times slower, as it scans byte by byte.
@@ -93,7 +95,7 @@ def iter_lines(
         if skipping:
             too_long(number, pending_size)
         else:
-            yield number, _finish(b"".join(pending), number)
+            yield number, _finish(b"".join(pending), number if file_start else 0)
 
 
 def _finish(line: bytes, number: int) -> bytes:

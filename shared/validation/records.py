@@ -44,9 +44,9 @@ class ExampleRecords:
         self.messages[messages] += 1
         self.assistant_turns[assistant_turns] += 1
 
-    def extend(self, other: ExampleRecords) -> None:
-        """Append ``other``'s examples (a later part of the same file) after these."""
-        self.lines.extend(other.lines)
+    def extend(self, other: ExampleRecords, line_offset: int = 0) -> None:
+        """Append ``other``'s examples (a later part of the same file, numbered from ``line_offset`` + 1)."""
+        self.lines.extend(array("I", (min(line + line_offset, _U32) for line in other.lines)))
         self.tokens.extend(other.tokens)
         self.conversations.extend(other.conversations)
         self.prompt_ids.extend(other.prompt_ids)

@@ -50,8 +50,9 @@ class Scan:
 class LineScanner:
     """Checks lines in file order into one :class:`Scan`; blocks of lines can go to several scanners.
 
-    ``at_start``: this scanner sees the file's first line, which alone decides whether the file is
-    JSON Lines at all (a JSON array or a pretty-printed object stops the pass there).
+    ``at_start``: this scanner is to see the file's first non-blank line (it stays True until
+    it has), which alone decides whether the file is JSON Lines at all (a JSON array or a
+    pretty-printed object stops the pass there).
     """
 
     def __init__(self, options: ValidationOptions, counter: ContentCounter | None, *, at_start: bool = True) -> None:
@@ -75,7 +76,7 @@ class LineScanner:
         log, samples, check = result.log, result.samples, self._check
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         blank = examples = 0
-        at_start = self.at_start and result.examples == 0
+        at_start = self.at_start
         try:
             for number, raw in lines:
                 if type(raw) is int:
@@ -105,6 +106,7 @@ class LineScanner:
         finally:
             result.blank += blank
             result.examples += examples
+            self.at_start = at_start and not examples
 
 
 def scan(chunks: Iterable[bytes], options: ValidationOptions, counter: ContentCounter | None) -> Scan:
