@@ -11,6 +11,7 @@ the next tick. Endpoints are checked concurrently with a bound: each check is a 
 from __future__ import annotations
 
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -79,6 +80,24 @@ def _decide(endpoint: EndpointInfo, run: RunRecord | None, services: Services, d
     return Decision(endpoint.name, "deleted", idle, run_id)
 
 
+def _news(decision: Decision, run: RunRecord | None) -> bool:
+    """Whether the run record should hear of ``decision``.
+
+    A kept endpoint's record is rewritten only when the reason for keeping it changes (counts
+    aside): otherwise a fleet of busy endpoints costs two table round trips each on every tick,
+    and each write can race the rollout worker's updates. The note's time says since when.
+    """
+    if run is None:
+        return False
+    if decision.action != "kept":
+        return True
+    return _shape(run.sweep_note.partition(" sweep: ")[2]) != _shape(f"{decision.action}: {decision.reason}")
+
+
+def _shape(note: str) -> str:
+    return re.sub(r"\d+", "#", note)
+
+
 def _record(decision: Decision, services: Services) -> None:
     if not decision.run_id:
         return
@@ -106,7 +125,7 @@ def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
             decision = _decide(endpoint, run, services, dry_run)
         except Exception as error:  # one endpoint's trouble must not stop the sweep
             decision = Decision(endpoint.name, "failed", f"{type(error).__name__}: {error}", run.run_id if run else "")
-        if not dry_run:
+        if not dry_run and _news(decision, run):
             _record(decision, services)
         log.info("cleanup: %s %s: %s", decision.endpoint, decision.action, decision.reason)
         return decision

@@ -68,6 +68,19 @@ def test_mixed_fleet(services: Services, fleet) -> None:
     assert services.runs.get("r-rolling").state is RunState.SMOKE_TESTING
 
 
+def test_a_kept_endpoint_is_recorded_again_only_when_the_reason_changes(services: Services, fleet) -> None:
+    sweep(services)
+    busy, rolling = services.runs.get("r-busy"), services.runs.get("r-rolling")
+    fleet.endpoints["ft-busy"].requests = 40  # busier, but kept for the same reason
+    sweep(services)
+    assert services.runs.get("r-busy") == busy
+    assert services.runs.get("r-rolling") == rolling
+
+    fleet.endpoints["ft-busy"].requests = 0  # now idle: that is news
+    sweep(services)
+    assert services.runs.get("r-busy").state is RunState.RETIRED
+
+
 def test_unmanaged_endpoints_are_never_touched_whatever_their_traffic(services: Services, fake_platform) -> None:
     for i in range(20):
         fake_platform.add_endpoint(f"other-{i}", tags={"owner": "x"} if i % 2 else {}, created_at=ago(1000))
