@@ -91,7 +91,12 @@ def _news(decision: Decision, run: RunRecord | None) -> bool:
         return False
     if decision.action != "kept":
         return True
-    return _shape(run.sweep_note.partition(" sweep: ")[2]) != _shape(f"{decision.action}: {decision.reason}")
+    return _shape(run.sweep_note.partition(" sweep: ")[2]) != _shape(_note(decision))
+
+
+def _note(decision: Decision) -> str:
+    """What a run record's ``sweep_note`` says after its time and " sweep: "."""
+    return f"{decision.action}: {decision.reason}"
 
 
 def _shape(note: str) -> str:
@@ -101,7 +106,7 @@ def _shape(note: str) -> str:
 def _record(decision: Decision, services: Services) -> None:
     if not decision.run_id:
         return
-    note = f"{now()} sweep: {decision.action}: {decision.reason}"
+    note = f"{now()} sweep: {_note(decision)}"
 
     def change(run: RunRecord) -> RunRecord:
         if decision.action == "deleted" and run.state is RunState.LIVE:

@@ -261,8 +261,6 @@ def _write_report(
     run_id: str,
     duplicate_of: RunRecord | None = None,
 ) -> None:
-    from azure.storage.blob import ContentSettings
-
     json_name, md_name = report_names(upload, services.settings)
     document = report.to_dict()
     document["run_id"] = run_id
@@ -279,22 +277,11 @@ def _write_report(
             f"> **Duplicate upload**: same content as `{duplicate_of.dataset}`, run `{run_id}` "
             f"({duplicate_of.state}). No new job was submitted.\n\n" + markdown
         )
-    container = services.storage.container
-    container.upload_blob(
-        json_name,
-        orjson.dumps(document, option=orjson.OPT_INDENT_2),
-        overwrite=True,
-        content_settings=ContentSettings(content_type="application/json"),
-    )
-    container.upload_blob(
-        md_name, markdown.encode(), overwrite=True, content_settings=ContentSettings(content_type="text/markdown")
-    )
+    _upload_report(services, (json_name, md_name), document, markdown)
 
 
 def _write_refusal(upload: Upload, services: Services) -> None:
     """A refused name still gets a report, under a name derived from its hash, never from itself."""
-    from azure.storage.blob import ContentSettings
-
     json_name, md_name = report_names(upload, services.settings)
     shown = ascii(upload.name)
     document = {
@@ -303,6 +290,15 @@ def _write_refusal(upload: Upload, services: Services) -> None:
         "errors": [{"line": None, "code": "name.unsafe", "message": f"blob name refused: {upload.reason}"}],
         "stats": {},
     }
+    markdown = f"# Upload refused\n\nThe blob {shown} was not processed: {upload.reason}. Rename it and upload again.\n"
+    _upload_report(services, (json_name, md_name), document, markdown)
+
+
+def _upload_report(services: Services, names: tuple[str, str], document: dict[str, Any], markdown: str) -> None:
+    """The report pair: JSON for machines, Markdown for people, replacing an earlier one."""
+    from azure.storage.blob import ContentSettings
+
+    json_name, md_name = names
     container = services.storage.container
     container.upload_blob(
         json_name,
@@ -310,7 +306,6 @@ def _write_refusal(upload: Upload, services: Services) -> None:
         overwrite=True,
         content_settings=ContentSettings(content_type="application/json"),
     )
-    markdown = f"# Upload refused\n\nThe blob {shown} was not processed: {upload.reason}. Rename it and upload again.\n"
     container.upload_blob(
         md_name, markdown.encode(), overwrite=True, content_settings=ContentSettings(content_type="text/markdown")
     )

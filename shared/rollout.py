@@ -276,7 +276,7 @@ def _model_id(record: RunRecord, services: Services) -> str:
 
 def _smoke_test(record: RunRecord, services: Services) -> None:
     """Ask the new deployment (directly, at 0% traffic) one question from the run's test split."""
-    payload = {"input_data": {"input_string": [test_prompt(record, services)], "parameters": SMOKE_PARAMETERS}}
+    payload = scoring_request(test_prompt(record, services), SMOKE_PARAMETERS)
     try:
         answer = services.platform.invoke(
             record.endpoint, record.deployment, payload, timeout_s=services.settings.smoke_timeout_s
@@ -290,6 +290,11 @@ def _smoke_test(record: RunRecord, services: Services) -> None:
         return
     services.platform.begin_set_traffic(record.endpoint, {record.deployment: 100})
     _move(services, record, RunState.PROMOTING, "smoke test passed; moving traffic", phase_started_at=now())
+
+
+def scoring_request(conversation: list[dict[str, str]], parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """One conversation in the managed online endpoint's chat scoring contract."""
+    return {"input_data": {"input_string": [conversation], "parameters": dict(parameters)}}
 
 
 def test_prompt(record: RunRecord, services: Services) -> list[dict[str, str]]:

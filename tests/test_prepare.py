@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from shared.config import Settings, get_settings
 from shared.prepare import PrepareError, pick_split, rows_for, sample_indices, split_name
 from shared.sample_data import conversations
 from shared.storage import Storage
-from tests.paths import REPO
+from tests import cli_process
 
 SIZES = {"train_sft": 40, "test_sft": 20, "train_gen": 10, "test_gen": 10}
 
@@ -111,18 +110,8 @@ def assert_usage_error(code: int, out: str, err: str, *needles: str) -> None:
 
 
 def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """The CLI as a real process: no FTPILOT_* settings, a private Hugging Face cache, torch not imported."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("FTPILOT_", "HF_"))}
-    environment |= {"PYTHONPATH": str(REPO), "HF_HOME": str(cwd / "hf-home"), "USE_TORCH": "0", **env}
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """The CLI as a real process with a private Hugging Face cache and torch not imported."""
+    return cli_process.run_cli(cwd, *args, HF_HOME=str(cwd / "hf-home"), USE_TORCH="0", **env)
 
 
 # Rows and splits -------------------------------------------------------------------------

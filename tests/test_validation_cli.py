@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.paths import REPO
+from tests.cli_process import run_cli as run
 from tests.test_validation import BASE, row, rows_with, write
-
-
-def run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in a clean environment: no FTPILOT_* settings but the given ones, no local.settings.json."""
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("FTPILOT_")}
-    environment |= {"PYTHONPATH": str(REPO), **env}
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def assert_usage_error(result: subprocess.CompletedProcess[str], needle: str) -> None:

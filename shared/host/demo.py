@@ -8,6 +8,7 @@ idle window, sweep schedule); every step is the real one.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from shared.config import Settings
 from shared.host.runner import LocalHost
 from shared.platform.local.layout import Layout
-from shared.rollout import SMOKE_PARAMETERS, test_prompt
+from shared.rollout import SMOKE_PARAMETERS, scoring_request, test_prompt
 from shared.runs import RunRecord, RunState
 from shared.sample_data import jsonl
 
@@ -30,7 +31,7 @@ DEMO_SETTINGS = {
     # would take minutes and teach it nothing visible.
     "FTPILOT_FINETUNE_PARAMETERS": '{"num_train_epochs": 1, "learning_rate": 0.002}',
 }
-SCORING_EXAMPLE = '{"input_data": {"input_string": [[{"role": "user", "content": "Hi!"}]], "parameters": {}}}'
+SCORING_EXAMPLE = json.dumps(scoring_request([{"role": "user", "content": "Hi!"}], {}))
 END_STATES = {RunState.INVALID, RunState.SUBMIT_FAILED, RunState.FAILED, RunState.CANCELED, RunState.ROLLED_BACK}
 
 
@@ -72,7 +73,7 @@ def _ask(host: LocalHost, record: RunRecord, out: Callable[[str], None]) -> None
     conversation = test_prompt(record, host.services)
     # The smoke test's sampling: greedy decoding lets a model this small answer with its end token at once.
     parameters = {**SMOKE_PARAMETERS, "max_new_tokens": 60}
-    body = {"input_data": {"input_string": [conversation], "parameters": parameters}}
+    body = scoring_request(conversation, parameters)
     response = httpx.post(
         endpoint.scoring_uri,
         json=body,

@@ -1,0 +1,26 @@
+"""The CLI as a user runs it: a real process, configured only by what the test passes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.paths import REPO
+
+
+def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m shared.cli ARGS`` in ``cwd`` (no local.settings.json there), with no FTPILOT_* or HF_*
+    settings from this shell but those in ``env``."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("FTPILOT_", "HF_"))}
+    environment |= {"PYTHONPATH": str(REPO), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
