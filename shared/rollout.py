@@ -120,6 +120,8 @@ def advance(body: bytes | str, services: Services) -> Result:
         return _run_steps(record, services)
     except _Wait as wait:
         return _schedule(services, run_id, record.poll_token, wait.note)
+    except PlatformConfigError as error:  # retrying cannot help: a setting must change
+        return _stop(services.runs.get(run_id) or record, services, f"cannot deploy: {error}")
     except Exception as error:
         # Remember why, for the poison handler, then let the queue redeliver.
         reason = f"{type(error).__name__}: {error}"
@@ -243,21 +245,17 @@ def _deploy(record: RunRecord, services: Services) -> None:
     state = platform.get_deployment(endpoint, deployment)
     if state is None:
         model_id = _model_id(record, services)
-        try:
-            platform.begin_create_deployment(
-                DeploymentRequest(
-                    endpoint_name=endpoint,
-                    name=deployment,
-                    model_id=model_id,
-                    instance_type=settings.inference_instance_type,
-                    instance_count=settings.inference_instance_count,
-                    tags={MANAGED_TAG: MANAGED_VALUE, RUN_TAG: record.run_id},
-                    base_model=record.base_model or settings.base_model,
-                )
+        platform.begin_create_deployment(
+            DeploymentRequest(
+                endpoint_name=endpoint,
+                name=deployment,
+                model_id=model_id,
+                instance_type=settings.inference_instance_type,
+                instance_count=settings.inference_instance_count,
+                tags={MANAGED_TAG: MANAGED_VALUE, RUN_TAG: record.run_id},
+                base_model=record.base_model or settings.base_model,
             )
-        except PlatformConfigError as error:  # retrying cannot help: a setting must change
-            _roll_back(record, services, f"cannot deploy: {error}")
-            return
+        )
         raise _Wait(f"creating deployment {deployment}")
     if state.state is ProvisioningState.SUCCEEDED:
         _move(services, record, RunState.SMOKE_TESTING, f"deployment {deployment} provisioned")
@@ -376,9 +374,13 @@ def give_up(body: bytes | str, services: Services) -> Result:
     record = services.runs.get(run_id)
     if record is None:
         return Result("dropped", run_id, "no run record")
-    reason = f"rollout gave up after repeated failures: {record.last_error or 'unknown error'}"
+    return _stop(record, services, f"rollout gave up after repeated failures: {record.last_error or 'unknown error'}")
+
+
+def _stop(record: RunRecord, services: Services, reason: str) -> Result:
+    """End the run with ``reason``: roll back what a rollout built, or record the failure before it."""
     if record.state in ROLLOUT_STATES:
         _roll_back(record, services, reason)
     elif record.state not in (RunState.LIVE, RunState.ROLLED_BACK, RunState.FAILED, RunState.CANCELED):
         _move(services, record, RunState.FAILED, reason=reason)
-    return Result("done", run_id, reason)
+    return Result("done", record.run_id, reason)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from shared.validation.codes import DATASET_FEW, DATASET_TOO_FEW, EXAMPLE_DUPLICATE, PROMPT_ID_DUPLICATE
 from shared.validation.options import ValidationOptions
-from shared.validation.parallel import scan_parallel, start_workers
 from shared.validation.reading import CHUNK_SIZE, ReadAhead
 from shared.validation.report import IssueLog, Report
 from shared.validation.scan import Scan, scan
@@ -62,7 +61,11 @@ def validate_chunks(
     iterating ``chunks`` raises; everything about the data itself ends up in the report.
     """
     counter = load_counter(options.tokenizer)  # before reading: a bad tokenizer fails fast
-    pool = start_workers(options, counter, workers) if workers > 1 else None  # forked before any thread
+    pool = None
+    if workers > 1:  # imported here: the blob function validates on one core and need not load multiprocessing
+        from shared.validation.parallel import start_workers
+
+        pool = start_workers(options, counter, workers)  # forked before any thread
     reader = ReadAhead(chunks)
     try:
         head, stream = _peek(_reported(reader, progress), SNIFF_BYTES)
@@ -70,6 +73,8 @@ def validate_chunks(
         if finding and finding.fatal:  # not JSON Lines text at all: reading on would add nothing
             result = Scan(IssueLog(options.samples_per_code), complete=False)
         elif pool is not None:
+            from shared.validation.parallel import scan_parallel
+
             result = scan_parallel(stream, options, counter, pool, workers)
         else:
             result = scan(stream, options, counter)
