@@ -6,8 +6,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.paths import REPO
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+
+# The settings the tests' own storage names live in; everything else keeps its default.
+TEST_SETTINGS = ("storage", "intake_container", "runs_table", "rollout_queue", "data_dir")
 
 
 def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -24,3 +31,8 @@ def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[st
         timeout=120,
         check=False,
     )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings``' storage names as the app settings a CLI process reads."""
+    return {f"FTPILOT_{name.upper()}": str(getattr(settings, name)) for name in TEST_SETTINGS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -69,3 +70,19 @@ def app_functions() -> dict:
     import function_app
 
     return {f.get_function_name(): f for f in function_app.app.get_functions()}
+
+
+@pytest.fixture
+def cli_env(settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """``shared.cli`` in this process sees the test's storage and nothing from the developer's shell or checkout."""
+    from shared.config import get_settings
+    from tests.cli_process import settings_env
+
+    for key in [k for k in os.environ if k.startswith("FTPILOT_")]:
+        monkeypatch.delenv(key)
+    for key, value in settings_env(settings).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)  # no local.settings.json
+    get_settings.cache_clear()
+    yield settings
+    get_settings.cache_clear()

@@ -7,22 +7,17 @@ import json
 import pytest
 
 from shared import cli
-from shared.config import Settings, get_settings
+from shared.config import Settings
 from shared.runs import RunState
 from shared.services import Services
 from tests.test_cleanup import MANAGED, ago, run
 
 
 @pytest.fixture
-def env(settings: Settings, services: Services, monkeypatch: pytest.MonkeyPatch, tmp_path, fake_platform):
-    """The CLI's environment: the test's storage names; the fake where Azure ML would be."""
-    monkeypatch.chdir(tmp_path)  # no local.settings.json from the developer's checkout
-    for name in ("storage", "intake_container", "runs_table", "rollout_queue", "data_dir"):
-        monkeypatch.setenv(f"FTPILOT_{name.upper()}", str(getattr(settings, name)))
+def env(cli_env: Settings, services: Services, monkeypatch: pytest.MonkeyPatch, fake_platform) -> Services:
+    """The CLI over the test's storage, with the fake where Azure ML would be."""
     monkeypatch.setattr("shared.services.build_platform", lambda _: fake_platform)
-    get_settings.cache_clear()
-    yield services
-    get_settings.cache_clear()
+    return services
 
 
 def test_status_lists_every_run_with_the_reason_for_a_failure(env: Services, capsys) -> None:

@@ -12,15 +12,14 @@ import pytest
 
 from shared.config import Settings
 from shared.storage import Storage
+from tests.cli_process import settings_env
 from tests.paths import REPO
 
 
 @pytest.mark.slow
 def test_up_serves_until_ctrl_c_and_leaves_nothing_running(settings: Settings, tmp_path) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("FTPILOT_")}
-    for name in ("storage", "intake_container", "runs_table", "rollout_queue", "data_dir"):
-        env[f"FTPILOT_{name.upper()}"] = str(getattr(settings, name))
-    env["PYTHONPATH"] = str(REPO)
+    env |= settings_env(settings) | {"PYTHONPATH": str(REPO)}
     host = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "up", "--interval", "0.2"],
         cwd=tmp_path,  # no local.settings.json here: the environment is the whole configuration

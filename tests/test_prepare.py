@@ -11,7 +11,6 @@ import hashlib
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -21,7 +20,7 @@ import pytest
 
 from shared import azurite as azurite_mod
 from shared.cli import main
-from shared.config import Settings, get_settings
+from shared.config import get_settings
 from shared.prepare import PrepareError, pick_split, rows_for, sample_indices, split_name
 from shared.sample_data import conversations
 from shared.storage import Storage
@@ -363,26 +362,6 @@ def test_pick_split_defaults() -> None:
 
 
 @pytest.fixture
-def cli_settings(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """``load_settings()`` in this process sees the fixture's Azurite, container and names."""
-    for key in [k for k in os.environ if k.startswith("FTPILOT_")]:
-        monkeypatch.delenv(key)
-    values = {
-        "STORAGE": settings.storage,
-        "INTAKE_CONTAINER": settings.intake_container,
-        "RUNS_TABLE": settings.runs_table,
-        "ROLLOUT_QUEUE": settings.rollout_queue,
-        "DATA_DIR": str(settings.data_dir),
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(f"FTPILOT_{key}", value)
-    monkeypatch.chdir(tmp_path)  # no local.settings.json
-    get_settings.cache_clear()
-    yield settings
-    get_settings.cache_clear()
-
-
-@pytest.fixture
 def uploads(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, set[str]]]:
     """Each upload_blob call: the blob name and the blobs that already existed when it started."""
     from azure.storage.blob import BlobClient
@@ -402,7 +381,7 @@ def blob_bytes(storage: Storage, name: str) -> bytes:
     return storage.blob(name).download_blob().readall()
 
 
-@pytest.mark.usefixtures("cli_settings")
+@pytest.mark.usefixtures("cli_env")
 def test_upload_puts_the_test_sidecar_first_then_train(source, tmp_path, capsys, storage, uploads) -> None:
     root, _ = source
     out_dir = tmp_path / "ultrachat_200k_dataset"
@@ -430,7 +409,7 @@ def test_upload_puts_the_test_sidecar_first_then_train(source, tmp_path, capsys,
     }
 
 
-@pytest.mark.usefixtures("cli_settings")
+@pytest.mark.usefixtures("cli_env")
 def test_upload_with_chosen_splits_and_name(source, tmp_path, capsys, storage, uploads) -> None:
     root, _ = source
     out_dir = tmp_path / "out"
@@ -444,7 +423,7 @@ def test_upload_with_chosen_splits_and_name(source, tmp_path, capsys, storage, u
     assert blob_bytes(storage, "incoming/gen/v1.test.jsonl") == (out_dir / "test_gen.jsonl").read_bytes()
 
 
-@pytest.mark.usefixtures("cli_settings")
+@pytest.mark.usefixtures("cli_env")
 def test_upload_refusals(source, tmp_path, capsys, storage, uploads) -> None:
     root, _ = source
     base = ["--dataset", str(root), "--download-dir", str(tmp_path / "o"), "--upload"]
@@ -496,7 +475,7 @@ def test_upload_starts_azurite_when_local_storage_is_down(source, tmp_path, caps
     assert (tmp_path / "ftpilot" / "azurite").is_dir()  # with its data under FTPILOT_DATA_DIR
 
 
-@pytest.mark.usefixtures("cli_settings")
+@pytest.mark.usefixtures("cli_env")
 def test_a_storage_error_is_one_line(source, tmp_path, capsys, monkeypatch) -> None:
     root, _ = source
     monkeypatch.setenv("FTPILOT_INTAKE_CONTAINER", "ab")  # too short for a container name
