@@ -40,7 +40,7 @@ def test_sample_values_load_as_working_local_settings(sample: dict, tmp_path, mo
     assert settings.platform == "local"
     assert settings.subscription_id is None  # an empty value means unset
     assert settings.tokenizer is None
-    assert settings.finetune_parameters == {"num_train_epochs": 1, "learning_rate": 0.002}
+    assert settings.finetune_parameters == {"learning_rate": 0.002}
 
 
 def test_a_bad_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
