@@ -29,11 +29,6 @@ def model_name(base_model: str, dataset: str) -> str:
     return f"{_slug(base_model.rsplit('/', 1)[-1])}-{dataset_label(dataset)}"[:200]
 
 
-def model_version(run_id: str) -> str:
-    """One version per run: the run id cannot repeat for different content."""
-    return run_id[:16]
-
-
 def endpoint_name(dataset: str) -> str:
     """Stable per dataset name, so a new upload of the same file rolls out onto the same endpoint.
 

@@ -35,7 +35,6 @@ from shared.naming import (
     deployment_name,
     endpoint_name,
     model_name,
-    model_version,
 )
 from shared.platform.port import (
     DeploymentRequest,
@@ -190,7 +189,7 @@ def _check_job(record: RunRecord, services: Services) -> None:
 def _register(record: RunRecord, services: Services) -> None:
     request = ModelRequest(
         name=model_name(record.base_model or services.settings.base_model, record.dataset),
-        version=model_version(record.run_id),
+        run_id=record.run_id,
         job_name=record.job_name,
         description=f"{record.base_model} fine-tuned by ftpilot on {record.dataset} (job {record.job_name})",
         tags={RUN_TAG: record.run_id, DATASET_TAG: record.dataset[:256], "ftpilot-job": record.job_name},

@@ -170,7 +170,7 @@ def events(jobs: dict[str, Any], local_settings: Settings) -> list[dict[str, Any
 @pytest.fixture(scope="module")
 def model(platform: LocalPlatform, jobs: dict[str, Any]) -> ModelInfo:
     return platform.register_model(
-        ModelRequest("phi-3-mini-4k-instruct-chat", "r1local", JOB, "fine-tuned locally", {"ftpilot-run": "r1"})
+        ModelRequest("phi-3-mini-4k-instruct-chat", "r1", JOB, "fine-tuned locally", {"ftpilot-run": "r1"})
     )
 
 
@@ -245,16 +245,17 @@ def test_submitting_again_returns_the_job(platform: LocalPlatform, local_setting
 
 
 def test_register_is_idempotent(platform: LocalPlatform, model: ModelInfo) -> None:
-    request = ModelRequest("phi-3-mini-4k-instruct-chat", "r1local", JOB, "fine-tuned locally", {"ftpilot-run": "r1"})
+    request = ModelRequest("phi-3-mini-4k-instruct-chat", "r1", JOB, "fine-tuned locally", {"ftpilot-run": "r1"})
     assert platform.register_model(request) == model
-    assert model.id == "models:/phi-3-mini-4k-instruct-chat/1" and model.version == "r1local"
+    # The version is MLflow's number, so models:/<name>/<version> built from it is the model's id.
+    assert model.version == "1" and model.id == f"models:/phi-3-mini-4k-instruct-chat/{model.version}"
     assert model.tags["ftpilot-run"] == "r1"
-    assert platform.get_model(model.name, "r1local") == model
-    assert platform.get_model(model.name, "r2local") is None
+    assert platform.get_model(model.name, "1") == model
+    assert platform.get_model(model.name, "2") is None
     with pytest.raises(ConflictError):
-        platform.register_model(ModelRequest(model.name, "r1local", MISSING, "another job's"))
+        platform.register_model(ModelRequest(model.name, "r1", MISSING, "another job's"))
     with pytest.raises(PlatformError, match="no trained model"):
-        platform.register_model(ModelRequest(model.name, "r2local", MISSING, "a failed job's"))
+        platform.register_model(ModelRequest(model.name, "r2", MISSING, "a failed job's"))
 
 
 def test_a_configured_base_model_is_used_when_it_loads_offline(

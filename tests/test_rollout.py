@@ -71,8 +71,10 @@ def test_completed_job_goes_live(services: Services, fake_platform) -> None:
     for expected in ("succeeded", "registered", "deploying", "smoke_testing", "promoting", "live"):
         assert expected in states
     ((name, version),) = fake_platform.models
-    assert name == "phi-3-mini-4k-instruct-chat" and version == record.run_id[:16]
+    assert name == "phi-3-mini-4k-instruct-chat" and version == "1"  # workspace versions are integers
+    assert (final.model_name, final.model_version) == (name, version)
     assert fake_platform.models[(name, version)].tags["ftpilot-job"] == record.job_name
+    assert fake_platform.models[(name, version)].tags["ftpilot-run"] == record.run_id
     endpoint = fake_platform.endpoints[final.endpoint]
     assert endpoint.info.tags["managed-by"] == "ftpilot"
     assert endpoint.requests == 1  # the smoke test

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from shared.platform.port import PlatformError
+from shared.platform.port import PlatformError, TransientError
 
 _EXCERPT_CHARS = 300
 
@@ -29,6 +29,21 @@ class HttpStatusError(PlatformError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class TransientHttpStatusError(HttpStatusError, TransientError):
+    """A 429 or 5xx: the server may answer later (``retry_after_s`` from its ``Retry-After``)."""
+
+    def __init__(self, message: str, status: int, retry_after_s: float | None) -> None:
+        HttpStatusError.__init__(self, message, status)
+        self.retry_after_s = retry_after_s
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
@@ -68,13 +83,15 @@ def request_json(
         with _OPENER.open(request, timeout=timeout_s) as response:
             raw = response.read()
     except urllib.error.HTTPError as exc:
-        excerpt = _excerpt(exc.read(), secrets)
-        raise HttpStatusError(f"{what} answered HTTP {exc.code}: {excerpt}", exc.code) from None
+        message = f"{what} answered HTTP {exc.code}: {_excerpt(exc.read(), secrets)}"
+        if exc.code == 429 or exc.code >= 500:
+            raise TransientHttpStatusError(message, exc.code, _retry_after(exc.headers.get("Retry-After"))) from None
+        raise HttpStatusError(message, exc.code) from None
     except (OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         if isinstance(reason, TimeoutError):
-            raise PlatformError(f"{what} timed out after {timeout_s:g} s") from None
-        raise PlatformError(f"{what} failed: {_scrub(str(reason), secrets)}") from None
+            raise TransientError(f"{what} timed out after {timeout_s:g} s") from None
+        raise TransientError(f"{what} failed: {_scrub(str(reason), secrets)}") from None
     if not raw.strip():
         return None
     try:

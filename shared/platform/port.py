@@ -17,11 +17,20 @@ ParamValue = str | int | float
 
 
 class PlatformError(Exception):
-    """Base of every error an adapter raises on purpose; the message is for the operator."""
+    """Base of every error an adapter raises; the message is for the operator.
+
+    Adapters translate their SDK's exceptions into these four kinds (and this base for the rest),
+    so domain code decides by kind, never by an SDK type: stop at once (``PlatformConfigError``),
+    treat as absent (``NotFoundError``), look again (``ConflictError``) or retry later
+    (``TransientError``).
+    """
 
 
 class PlatformConfigError(PlatformError):
-    """A setting or workspace resource is wrong; the message names what to fix."""
+    """A user error: a setting, a permission or a workspace resource is wrong; the message names what to fix.
+
+    Retrying cannot help (HTTP 400/401/403/422, a missing registry asset, quota, an unknown size).
+    """
 
 
 class NotFoundError(PlatformError):
@@ -29,7 +38,18 @@ class NotFoundError(PlatformError):
 
 
 class ConflictError(PlatformError):
-    """The named resource exists and cannot be created again."""
+    """The named resource exists in a way that refuses this change (taken, or busy with another change)."""
+
+
+class TransientError(PlatformError):
+    """The platform could not answer now (HTTP 429 or 5xx, a timeout, a dropped connection): retry later.
+
+    ``retry_after_s`` is the service's own ``Retry-After`` when it sent one.
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class JobStatus(StrEnum):
@@ -91,8 +111,15 @@ class JobInfo:
 
 @dataclass(frozen=True)
 class ModelRequest:
+    """Register ``job_name``'s trained model under ``name``, once per ``run_id``.
+
+    The platform chooses the version (workspace model versions are positive integers, numbered by
+    the registry); the run id, kept as the version's ``ftpilot-run`` tag, is what makes a repeated
+    registration find the version it made before instead of adding another.
+    """
+
     name: str
-    version: str
+    run_id: str
     job_name: str
     description: str
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -101,7 +128,7 @@ class ModelRequest:
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    version: str
+    version: str  # as the platform numbers it: "1", "2", ...
     id: str
     tags: Mapping[str, str] = field(default_factory=dict)
 
@@ -147,49 +174,104 @@ class DeploymentInfo:
 
 @runtime_checkable
 class MLPlatform(Protocol):
-    """Everything ftpilot asks of the ML platform. Every create looks before it creates."""
+    """Everything ftpilot asks of the ML platform. Every create looks before it creates.
+
+    One meaning on every adapter (``tests/test_port_contract.py`` holds them all to it): a repeated
+    create returns or leaves what exists, a get of something missing is None, deleting something
+    missing is a no-op, and ``begin_*`` starts a change and returns without waiting for it. Every
+    method may raise ``TransientError`` (retry later) and ``PlatformConfigError`` (a setting or
+    permission to fix); the other errors each method can raise are named in its docstring.
+    """
 
     # Jobs
     def submit_finetune(self, request: FineTuneRequest) -> JobInfo:
-        """Check compute and submit; return the existing job when ``request.job_name`` exists."""
+        """Check model, compute and parameters, then submit; the existing job when ``request.job_name`` exists.
+
+        PlatformConfigError when a check fails (nothing is submitted then).
+        """
         ...
 
-    def get_job(self, name: str) -> JobInfo | None: ...
+    def get_job(self, name: str) -> JobInfo | None:
+        """The job's status, or None when there is no such job."""
+        ...
 
     def get_job_metrics(self, name: str) -> dict[str, float]:
-        """Final metrics the job logged (train_loss, eval_loss, ...), by name."""
+        """Final metrics the job logged (train_loss, eval_loss, ...), by name. NotFoundError for an unknown job."""
         ...
 
     # Models
     def register_model(self, request: ModelRequest) -> ModelInfo:
-        """Register the job's ``trained_model`` output; return the existing version if present."""
+        """Register the job's ``trained_model`` output once per ``request.run_id``; the run's version if present.
+
+        NotFoundError when the job has no trained model; ConflictError when the run's version holds
+        another job's model.
+        """
         ...
 
-    def get_model(self, name: str, version: str) -> ModelInfo | None: ...
+    def get_model(self, name: str, version: str) -> ModelInfo | None:
+        """The model version, or None."""
+        ...
 
     # Endpoints and deployments (long-running: begin, then observe)
-    def get_endpoint(self, name: str) -> EndpointInfo | None: ...
+    def get_endpoint(self, name: str) -> EndpointInfo | None:
+        """The endpoint with its provisioning state and traffic, or None."""
+        ...
 
     def list_endpoints(self) -> list[EndpointInfo]: ...
 
-    def begin_create_endpoint(self, request: EndpointRequest) -> None: ...
+    def begin_create_endpoint(self, request: EndpointRequest) -> None:
+        """Start creating a key-auth endpoint; an existing one that has not failed is left alone.
 
-    def get_deployment(self, endpoint_name: str, name: str) -> DeploymentInfo | None: ...
+        ConflictError while the endpoint is being deleted.
+        """
+        ...
 
-    def list_deployments(self, endpoint_name: str) -> list[DeploymentInfo]: ...
+    def get_deployment(self, endpoint_name: str, name: str) -> DeploymentInfo | None:
+        """The deployment with its provisioning state, or None (also when the endpoint is gone)."""
+        ...
 
-    def begin_create_deployment(self, request: DeploymentRequest) -> None: ...
+    def list_deployments(self, endpoint_name: str) -> list[DeploymentInfo]:
+        """The endpoint's deployments; none when the endpoint is gone."""
+        ...
 
-    def begin_set_traffic(self, endpoint_name: str, traffic: Mapping[str, int]) -> None: ...
+    def begin_create_deployment(self, request: DeploymentRequest) -> None:
+        """Start deploying; an existing deployment of the same model that has not failed is left alone.
 
-    def begin_delete_deployment(self, endpoint_name: str, name: str) -> None: ...
+        NotFoundError when the endpoint does not exist; ConflictError when the deployment serves
+        another model; PlatformConfigError when the instance type cannot serve the base model.
+        """
+        ...
 
-    def begin_delete_endpoint(self, name: str) -> None: ...
+    def begin_set_traffic(self, endpoint_name: str, traffic: Mapping[str, int]) -> None:
+        """Start moving the endpoint's traffic to ``traffic`` (deployment -> percent, adding up to 100).
+
+        NotFoundError when the endpoint does not exist; PlatformConfigError when ``traffic`` names a
+        deployment that does not exist.
+        """
+        ...
+
+    def begin_delete_deployment(self, endpoint_name: str, name: str) -> None:
+        """Start deleting the deployment; a no-op when it is gone.
+
+        ConflictError while it still takes traffic: move the traffic first.
+        """
+        ...
+
+    def begin_delete_endpoint(self, name: str) -> None:
+        """Start deleting the endpoint and its deployments; a no-op when it is gone."""
+        ...
 
     def invoke(self, endpoint_name: str, deployment_name: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
-        """Call one deployment directly with a scoring payload; return its decoded JSON answer."""
+        """Call one deployment directly with a scoring payload; return its decoded JSON answer.
+
+        NotFoundError when the endpoint does not exist; PlatformError when the deployment answers
+        with an error (TransientError for a timeout, 429 or 5xx).
+        """
         ...
 
     def endpoint_request_count(self, name: str, window_s: float) -> int:
-        """Requests the endpoint served in the last ``window_s`` seconds (missing data counts as zero)."""
+        """Requests the endpoint served in the last ``window_s`` seconds (missing data counts as zero).
+
+        NotFoundError when the endpoint does not exist.
+        """
         ...

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shared.naming import RUN_TAG
 from shared.platform.port import (
     ConflictError,
     DeploymentInfo,
@@ -117,15 +118,20 @@ class FakePlatform:
 
     # Models -------------------------------------------------------------------------------
     def register_model(self, request: ModelRequest) -> ModelInfo:
+        """As the workspace numbers versions: the run's version if tagged, else the next integer."""
         with self._lock:
-            key = (request.name, request.version)
-            if key not in self.models:
-                if request.job_name not in self.jobs:
+            versions = [m for (name, _), m in self.models.items() if name == request.name]
+            mine = [m for m in versions if m.tags.get(RUN_TAG) == request.run_id]
+            if mine:
+                model = mine[0]
+            else:
+                job = self.jobs.get(request.job_name)
+                if job is None or job.status is not JobStatus.COMPLETED:
                     raise NotFoundError(f"job {request.job_name} has no trained_model output")
-                self.models[key] = ModelInfo(
-                    request.name, request.version, f"azureml:{request.name}:{request.version}", dict(request.tags)
-                )
-            model = self.models[key]
+                version = str(max((int(m.version) for m in versions), default=0) + 1)
+                tags = {**request.tags, RUN_TAG: request.run_id}
+                model = ModelInfo(request.name, version, f"azureml:{request.name}:{version}", tags)
+                self.models[(request.name, version)] = model
         self._called("register_model")
         return model
 

@@ -3,17 +3,21 @@
 The adapter holds its clients and hands each call to the module that knows the subject (submit,
 models, rollout, scoring, metrics, monitor). Clients are built on first use, not in the constructor:
 ``import azure.ai.ml`` alone takes seconds and the registry client resolves its registry over the
-network, which a function that only reads a job's status should not pay for. Tests inject fakes of
-every client instead.
+network, which a function that only reads a job's status should not pay for. Tests inject the real
+clients wired to a workspace emulator instead (``tests/azure_wire``).
+
+Every port method runs under ``_translated``: whatever the SDKs raise leaves as the port's error
+kinds (``shared.platform.azureml.service.translate``), so domain code never sees an SDK exception.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+import functools
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.config import Settings
-from shared.platform.azureml import clients, compute, models, monitor, rollout, scoring, submit
+from shared.platform.azureml import clients, compute, models, monitor, rollout, scoring, service, submit
 from shared.platform.azureml.metrics import JobMetricsReader, MlflowRestMetricsReader
 from shared.platform.port import (
     DeploymentInfo,
@@ -31,6 +35,33 @@ if TYPE_CHECKING:
     from azure.ai.ml import MLClient
     from azure.core.credentials import TokenCredential
     from azure.mgmt.monitor import MonitorManagementClient
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _translated(method: F) -> F:
+    """Run a port method with the SDKs' exceptions turned into the port's (the SDK error kept as the cause)."""
+
+    @functools.wraps(method)
+    def wrapper(self: AzureMLPlatform, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:
+            what = f"{method.__name__.replace('_', ' ')} {_subject(args)}".strip()
+            translated = service.translate(error, what)
+            if translated is None or translated is error:
+                raise
+            raise translated from error
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _subject(args: tuple[Any, ...]) -> str:
+    """What a call is about, for its error message: a name, or the request's name."""
+    if not args:
+        return ""
+    first = args[0]
+    return first if isinstance(first, str) else str(getattr(first, "name", None) or getattr(first, "job_name", ""))
 
 
 class AzureMLPlatform:
@@ -91,60 +122,76 @@ class AzureMLPlatform:
 
     # Jobs
 
+    @_translated
     def submit_finetune(self, request: FineTuneRequest) -> JobInfo:
         return submit.submit_finetune(self.ml_client, self.registry_client, self.settings, request)
 
+    @_translated
     def get_job(self, name: str) -> JobInfo | None:
         job = submit.find_job(self.ml_client, name)
         return None if job is None else submit.job_info(job)
 
+    @_translated
     def get_job_metrics(self, name: str) -> dict[str, float]:
         return self.metrics_reader.final_metrics(name)
 
     # Models
 
+    @_translated
     def register_model(self, request: ModelRequest) -> ModelInfo:
         return models.register_model(self.ml_client, request)
 
+    @_translated
     def get_model(self, name: str, version: str) -> ModelInfo | None:
         model = models.find_model(self.ml_client, name, version)
         return None if model is None else models.model_info(model)
 
     # Endpoints and deployments
 
+    @_translated
     def get_endpoint(self, name: str) -> EndpointInfo | None:
         return rollout.get_endpoint(self.ml_client, name)
 
+    @_translated
     def list_endpoints(self) -> list[EndpointInfo]:
         return rollout.list_endpoints(self.ml_client)
 
+    @_translated
     def begin_create_endpoint(self, request: EndpointRequest) -> None:
         rollout.begin_create_endpoint(self.ml_client, request)
 
+    @_translated
     def get_deployment(self, endpoint_name: str, name: str) -> DeploymentInfo | None:
         return rollout.get_deployment(self.ml_client, endpoint_name, name)
 
+    @_translated
     def list_deployments(self, endpoint_name: str) -> list[DeploymentInfo]:
         return rollout.list_deployments(self.ml_client, endpoint_name)
 
+    @_translated
     def begin_create_deployment(self, request: DeploymentRequest) -> None:
         if request.base_model:
             base = submit.foundation_model(self.registry_client, self.settings, request.base_model)
             compute.check_inference_size(request.instance_type, request.base_model, base.tags or {})
         rollout.begin_create_deployment(self.ml_client, request)
 
+    @_translated
     def begin_set_traffic(self, endpoint_name: str, traffic: Mapping[str, int]) -> None:
         rollout.begin_set_traffic(self.ml_client, endpoint_name, traffic)
 
+    @_translated
     def begin_delete_deployment(self, endpoint_name: str, name: str) -> None:
         rollout.begin_delete_deployment(self.ml_client, endpoint_name, name)
 
+    @_translated
     def begin_delete_endpoint(self, name: str) -> None:
         rollout.begin_delete_endpoint(self.ml_client, name)
 
+    @_translated
     def invoke(self, endpoint_name: str, deployment_name: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
         return scoring.invoke(self.ml_client, endpoint_name, deployment_name, payload, timeout_s)
 
+    @_translated
     def endpoint_request_count(self, name: str, window_s: float) -> int:
         ml_client = self.ml_client
         resource_id = monitor.endpoint_resource_id(

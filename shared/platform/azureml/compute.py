@@ -13,7 +13,7 @@ import ast
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from shared.platform.azureml.service import get_or_none
+from shared.platform.azureml.service import get_or_none, text_of
 from shared.platform.port import PlatformConfigError
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def gpus_per_node(ml_client: MLClient, cluster: str, model_tags: Mapping[str, st
         raise PlatformConfigError(
             f"compute cluster {cluster!r} does not exist in workspace {ml_client.workspace_name!r}: create it or {_FIX}"
         )
-    if str(compute.provisioning_state or "").lower() == "failed":
+    if (text_of(compute.provisioning_state) or "").lower() == "failed":  # the SDK reads it as an enum
         raise PlatformConfigError(
             f"compute cluster {cluster!r} is in provisioning state Failed "
             f"({compute.provisioning_errors or 'no error recorded'}): recreate it or {_FIX}"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from azure.core.exceptions import AzureError
 
-from shared.platform.azureml.service import MANAGED_BY, get_or_none
+from shared.platform.azureml.service import MANAGED_BY, get_or_none, text_of
 from shared.platform.port import (
     ConflictError,
     DeploymentInfo,
@@ -54,9 +54,10 @@ _STATES = {
 }
 
 
-def provisioning_state(state: str | None) -> ProvisioningState:
+def provisioning_state(state: object) -> ProvisioningState:
     """Azure's provisioning state as the port's; an unknown one reads as in progress (not terminal)."""
-    return _STATES.get((state or "").lower(), ProvisioningState.UPDATING if state else ProvisioningState.CREATING)
+    text = text_of(state)
+    return _STATES.get((text or "").lower(), ProvisioningState.UPDATING if text else ProvisioningState.CREATING)
 
 
 # Endpoints
@@ -154,7 +155,18 @@ def begin_create_deployment(ml_client: MLClient, request: DeploymentRequest) -> 
 
 
 def begin_delete_deployment(ml_client: MLClient, endpoint_name: str, name: str) -> None:
-    """Start deleting the deployment; nothing to do if it (or its endpoint) is gone."""
+    """Start deleting the deployment; nothing to do if it (or its endpoint) is gone.
+
+    A deployment that still takes traffic is refused here, with the port's ConflictError, rather
+    than by the service's 400 (a user error, whose wording no recording shows).
+    """
+    endpoint = get_or_none(ml_client.online_endpoints.get, endpoint_name)
+    if endpoint is None:
+        return
+    if (endpoint.traffic or {}).get(name):
+        raise ConflictError(
+            f"deployment {endpoint_name}/{name} still takes {endpoint.traffic[name]}% of the traffic; move it first"
+        )
     get_or_none(ml_client.online_deployments.begin_delete, name=name, endpoint_name=endpoint_name)
 
 

@@ -2,23 +2,24 @@
 
 Event Grid and blob triggers deliver at least once, so a submission looks for its job before it
 creates one, and the job's name is the request's deterministic ``job_name``: a second delivery finds
-the first job, and two deliveries racing each other collide on the name (the service answers 409),
-after which the loser reads the winner's job. Checks that can fail (model, compute, parameters, data
+the first job. Two deliveries racing past the look both PUT the same name; the service treats the
+second PUT as an update of the first job (it answers 200, as recorded), and since both carry the
+same request, both end up reading the one job. Checks that can fail (model, compute, parameters, data
 paths) all run before the submission, so a bad setting never leaves a half-started run behind.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from azure.core.exceptions import HttpResponseError
 
 from shared.config import Settings
 from shared.platform.azureml.compute import gpus_per_node
 from shared.platform.azureml.parameters import input_specs, model_defaults, resolve_parameters
-from shared.platform.azureml.service import MANAGED_BY, get_or_none, is_conflict
+from shared.platform.azureml.service import MANAGED_BY, get_or_none, is_not_found, is_user_error, text_of
 from shared.platform.finetune import display_name, parameter_layers
 from shared.platform.port import DataRef, FineTuneRequest, JobInfo, JobStatus, ParamValue, PlatformConfigError
 
@@ -27,12 +28,15 @@ if TYPE_CHECKING:
     from azure.ai.ml.entities import Job, Model, PipelineComponent, PipelineJob
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 COMPONENT_NAME = "chat_completion_pipeline"
 # Characters the component's path inputs reject ("Special characters like \ and ' are invalid").
 _BAD_PATH_CHARACTERS = ("\\", "'")
 
-# Azure ML job statuses (azure.ai.ml's JobStatus), lower-cased, as the port's statuses.
+# Azure ML job statuses (azure.ai.ml's JobStatus), lower-cased, as the port's statuses. NotResponding is
+# not an end: the SDK's enum says a run can leave it for any state, and its job may still be running
+# (and billing) or even complete, so it reads as running.
 _STATUSES = {
     "notstarted": JobStatus.QUEUED,
     "queued": JobStatus.QUEUED,
@@ -44,7 +48,7 @@ _STATUSES = {
     "cancelrequested": JobStatus.RUNNING,
     "completed": JobStatus.COMPLETED,
     "failed": JobStatus.FAILED,
-    "notresponding": JobStatus.FAILED,
+    "notresponding": JobStatus.RUNNING,
     "canceled": JobStatus.CANCELED,
 }
 
@@ -80,14 +84,7 @@ def submit_finetune(ml_client: MLClient, registry: MLClient, settings: Settings,
     job.display_name = display_name(model.name, request.dataset_label, parameters, gpus)
     job.tags = {**request.tags, **MANAGED_BY}
     job.experiment_name = settings.experiment_name
-    try:
-        created = ml_client.jobs.create_or_update(job, experiment_name=settings.experiment_name)
-    except HttpResponseError as exc:
-        winner = find_job(ml_client, request.job_name) if is_conflict(exc) else None
-        if winner is None:
-            raise
-        log.info("job %s was created by a concurrent submission; using it", request.job_name)
-        return job_info(winner)
+    created = ml_client.jobs.create_or_update(job, experiment_name=settings.experiment_name)
     return job_info(created, parameters)
 
 
@@ -150,7 +147,7 @@ def find_job(ml_client: MLClient, name: str) -> Job | None:
 
 def job_info(job: Job, parameters: Mapping[str, ParamValue] | None = None) -> JobInfo:
     """The port's view of a job. ``parameters`` are known only to the submission that chose them."""
-    raw_status = _status_text(job.status)
+    raw_status = text_of(job.status)
     status = job_status(raw_status)
     error = None
     if status is JobStatus.FAILED:
@@ -174,28 +171,36 @@ def job_status(status: str | None) -> JobStatus:
     return _STATUSES.get((status or "").lower(), JobStatus.QUEUED)
 
 
-def _status_text(status: object) -> str | None:
-    """Entities hold either a str or azure.ai.ml's str-valued JobStatus enum."""
-    if status is None:
-        return None
-    return str(getattr(status, "value", status))
-
-
 def foundation_model(registry: MLClient, settings: Settings, name: str) -> Model:
-    model = get_or_none(registry.models.get, name, label="latest")
-    if model is None:
-        raise PlatformConfigError(
-            f"model {name!r} is not in registry {settings.registry_name!r} (FTPILOT_REGISTRY_NAME); "
-            "set FTPILOT_BASE_MODEL (or the request's base_model) to a model that registry holds"
-        )
-    return model
+    return _latest(
+        lambda: registry.models.get(name, label="latest"),
+        f"model {name!r} is not in registry {settings.registry_name!r} (FTPILOT_REGISTRY_NAME); "
+        "set FTPILOT_BASE_MODEL (or the request's base_model) to a model that registry holds",
+    )
 
 
 def _pipeline_component(registry: MLClient, settings: Settings) -> PipelineComponent:
-    component = get_or_none(registry.components.get, name=COMPONENT_NAME, label="latest")
-    if component is None:
-        raise PlatformConfigError(
-            f"component {COMPONENT_NAME!r} is not in registry {settings.registry_name!r}; "
-            "set FTPILOT_REGISTRY_NAME to the registry that holds it (azureml)"
-        )
-    return component
+    return _latest(
+        lambda: registry.components.get(name=COMPONENT_NAME, label="latest"),
+        f"component {COMPONENT_NAME!r} is not in registry {settings.registry_name!r}; "
+        "set FTPILOT_REGISTRY_NAME to the registry that holds it (azureml)",
+    )
+
+
+def _latest(get: Callable[[], T], missing: str) -> T:
+    """A registry asset by ``label="latest"``, or a config error saying which setting to fix.
+
+    The SDK resolves the label by listing versions (``$orderBy=createdtime desc&$top=1``): an empty
+    list raises its own ``ValidationException`` (a user error), a missing container a plain 404.
+    Retrying either cannot help.
+    """
+    try:
+        return get()
+    except HttpResponseError as exc:
+        if is_not_found(exc):
+            raise PlatformConfigError(missing) from None
+        raise
+    except Exception as exc:
+        if is_user_error(exc):
+            raise PlatformConfigError(f"{missing} ({exc})") from None
+        raise

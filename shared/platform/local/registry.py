@@ -1,9 +1,9 @@
-"""Registering a local job's trained model in MLflow's model registry, once per ftpilot version.
+"""Registering a local job's trained model in MLflow's model registry, once per run.
 
-ftpilot names a model version itself (a deterministic string from the run, so a retried rollout
-finds what it registered before), but MLflow numbers versions 1, 2, 3. So ftpilot's version is a
-tag on the MLflow version and lookups go by that tag; ``ModelInfo.version`` is ftpilot's string and
-``ModelInfo.id`` is the MLflow URI a deployment loads, ``models:/<name>/<mlflow version>``.
+MLflow numbers versions 1, 2, 3, as an Azure ML workspace does, and ``ModelInfo.version`` is that
+number, so ``models:/<name>/<version>`` built from what ``status`` shows is what a deployment loads.
+The run id is a tag on the version, and a registration looks for it first: a retried rollout finds
+what it registered before instead of adding a version.
 
 Look-then-register runs under the state database's write lock, so two processes registering the
 same version at once create one MLflow version, not two. As in the Azure adapter, an existing
@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-VERSION_TAG = "ftpilot_version"
+RUN_ID_TAG = "ftpilot_run"  # searchable (MLflow filters take no "-" in a tag name unquoted)
 JOB_TAG = "ftpilot_job"
-_INTERNAL_TAGS = {VERSION_TAG, JOB_TAG}
+_INTERNAL_TAGS = {RUN_ID_TAG, JOB_TAG}
 # Names and versions end up in an MLflow search filter: nothing that could quote its way out.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
@@ -55,9 +55,9 @@ class Registry:
         self.store = store
 
     def register(self, request: ModelRequest, job: JobRecord | None) -> ModelInfo:
-        """Register ``job``'s trained model as ``request.name``/``request.version`` unless it already is."""
+        """Register ``job``'s trained model as a new version of ``request.name`` unless the run already did."""
         mlflow_client = tracking.client(self.layout)
-        existing = self._find(mlflow_client, request.name, request.version)
+        existing = self._find(mlflow_client, request.name, request.run_id)
         if existing is not None:
             return self._same_job(existing, request)
         if job is None:
@@ -67,7 +67,7 @@ class Registry:
         from mlflow.exceptions import MlflowException
 
         with self.store.write():
-            existing = self._find(mlflow_client, request.name, request.version)
+            existing = self._find(mlflow_client, request.name, request.run_id)
             if existing is not None:
                 return self._same_job(existing, request)
             try:
@@ -85,7 +85,7 @@ class Registry:
                 tags={
                     **request.tags,
                     MANAGED_TAG: MANAGED_VALUE,
-                    VERSION_TAG: request.version,
+                    RUN_ID_TAG: request.run_id,
                     JOB_TAG: job.name,
                 },
                 description=request.description,
@@ -94,11 +94,19 @@ class Registry:
         return _info(created)
 
     def get(self, name: str, version: str) -> ModelInfo | None:
-        found = self._find(tracking.client(self.layout), name, version)
-        return None if found is None else _info(found)
+        if not version.isdigit():
+            return None
+        from mlflow.exceptions import MlflowException
 
-    def _find(self, mlflow_client: MlflowClient, name: str, version: str) -> ModelVersion | None:
-        query = f"name = '{_checked('name', name)}' AND tags.{VERSION_TAG} = '{_checked('version', version)}'"
+        try:
+            return _info(tracking.client(self.layout).get_model_version(_checked("name", name), version))
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
+    def _find(self, mlflow_client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+        query = f"name = '{_checked('name', name)}' AND tags.{RUN_ID_TAG} = '{_checked('run id', run_id)}'"
         found = mlflow_client.search_model_versions(query)
         return min(found, key=lambda version_: int(version_.version)) if found else None
 
@@ -107,7 +115,7 @@ class Registry:
         holder = existing.tags.get(JOB_TAG)
         if holder and holder != request.job_name:
             raise ConflictError(
-                f"model {request.name} version {request.version} already holds job {holder}'s output, "
+                f"model {request.name} version {existing.version} (run {request.run_id}) already holds job {holder}'s output, "
                 f"not job {request.job_name}'s"
             )
         return _info(existing)
@@ -116,7 +124,7 @@ class Registry:
 def _info(version: ModelVersion) -> ModelInfo:
     return ModelInfo(
         name=version.name,
-        version=version.tags[VERSION_TAG],
+        version=str(version.version),
         id=f"models:/{version.name}/{version.version}",
         tags={key: value for key, value in version.tags.items() if key not in _INTERNAL_TAGS},
     )
