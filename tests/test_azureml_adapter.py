@@ -42,8 +42,8 @@ from tests.azure_wire.emulator import (
     RESOURCE_GROUP,
     SUBSCRIPTION,
     WORKSPACE,
+    Fault,
 )
-from tests.azure_wire.emulator import Fault
 from tests.azure_wire.workspace import Wire, wire_settings
 from tests.paths import REPO
 
@@ -715,7 +715,11 @@ def test_request_count_sums_the_window_from_azure_monitor(azure: Azure) -> None:
     assert query.path.endswith(f"/onlineEndpoints/{ENDPOINT}/providers/Microsoft.Insights/metrics")
     assert f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/" in query.path
     params = dict(part.split("=", 1) for part in query.url.split("?", 1)[1].split("&"))
-    assert (params["interval"], params["metricnames"], params["aggregation"]) == ("PT1M", "RequestsPerMinute", "Average")
+    assert (params["interval"], params["metricnames"], params["aggregation"]) == (
+        "PT1M",
+        "RequestsPerMinute",
+        "Average",
+    )
     start, end = (datetime.fromisoformat(stamp.replace("%3A", ":")) for stamp in params["timespan"].split("%2F"))
     assert (end - start).total_seconds() == 600
 

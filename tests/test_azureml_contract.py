@@ -12,13 +12,19 @@ import pytest
 from azure.ai.ml import Input
 
 from shared.config import Settings
-from shared.platform.azureml import rollout
-from shared.platform.azureml.models import register_model
 from shared.platform.azureml.parameters import RESERVED_INPUTS, input_specs, resolve_parameters
 from shared.platform.azureml.submit import build_pipeline_job, datastore_uri, pipeline_inputs
 from shared.platform.finetune import WALKTHROUGH_DEFAULTS, parameter_layers
-from shared.platform.port import DataRef, DeploymentRequest, EndpointRequest, ModelRequest, PlatformConfigError
-from tests.fakes.azureml_client import FakeMLClient, spec_component
+from shared.platform.port import (
+    DataRef,
+    DeploymentRequest,
+    EndpointRequest,
+    FineTuneRequest,
+    ModelRequest,
+    PlatformConfigError,
+)
+from tests.azure_wire.component import spec_component
+from tests.azure_wire.workspace import Wire
 
 # azure-ai-ml's marshmallow-3 schemas warn about marshmallow 4 on every load: the SDK's to fix, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore::marshmallow.warnings.Marshmallow4Warning")
@@ -151,27 +157,39 @@ def test_the_pipeline_job_validates_and_serialises(specs, component) -> None:
 
 
 def test_endpoint_deployment_and_model_serialise_to_rest() -> None:
-    ml_client = FakeMLClient()
-    rollout.begin_create_endpoint(ml_client, EndpointRequest("ftpilot-chat", "chat models", {"team": "ml"}))
-    rollout.begin_create_deployment(
-        ml_client,
-        DeploymentRequest("ftpilot-chat", "blue-v3", "azureml:ftpilot-chat:3", "Standard_NC24ads_A100_v4", 2),
+    """What the adapter sends, as the real SDK serialises it onto the wire."""
+    wire = Wire.start()
+    platform = wire.platform()
+    platform.begin_create_endpoint(EndpointRequest("ftpilot-chat", "chat models", {"team": "ml"}))
+    wire.emulator.settle()
+    platform.submit_finetune(
+        FineTuneRequest(
+            "ftpilot-job-1",
+            "Phi-3-mini-4k-instruct",
+            DataRef("datasets", "a/train.jsonl"),
+            DataRef("datasets", "a/test.jsonl"),
+            "d1",
+        )
     )
-    register_model(ml_client, ModelRequest("ftpilot-chat", "3", "ftpilot-job-1", "fine-tuned on d1"))
-    (endpoint,) = [call[1][0] for call in ml_client.recorder.named("online_endpoints.begin_create_or_update")]
-    (deployment,) = [call[1][0] for call in ml_client.recorder.named("online_deployments.begin_create_or_update")]
-    (model,) = [call[1][0] for call in ml_client.recorder.named("models.create_or_update")]
-
-    endpoint_rest = endpoint._to_rest_online_endpoint(location="westeurope").as_dict()
+    wire.emulator.set_job_status("ftpilot-job-1", "Completed")
+    model = platform.register_model(ModelRequest("ftpilot-chat", "run-1", "ftpilot-job-1", "fine-tuned on d1"))
+    platform.begin_create_deployment(
+        DeploymentRequest(
+            "ftpilot-chat", "blue-v3", f"azureml:ftpilot-chat:{model.version}", "Standard_NC24ads_A100_v4", 2
+        )
+    )
+    sent = {(s.method, s.path.rsplit("/", 2)[-2]): s.body for s in wire.recorder.calls() if s.method == "PUT"}
+    endpoint_rest = sent[("PUT", "onlineEndpoints")]
     assert endpoint_rest["properties"]["authMode"] == "Key"
     assert endpoint_rest["tags"] == {"team": "ml", "managed-by": "ftpilot"}
-    deployment_rest = deployment._to_rest_object(location="westeurope").as_dict()
-    assert deployment_rest["properties"]["model"] == "azureml:ftpilot-chat:3"
+    deployment_rest = sent[("PUT", "deployments")]
+    assert deployment_rest["properties"]["model"].endswith("/models/ftpilot-chat/versions/1")
     assert deployment_rest["properties"]["instanceType"] == "Standard_NC24ads_A100_v4"
     assert deployment_rest["properties"]["livenessProbe"]["initialDelay"] == "PT10M"
     assert deployment_rest["properties"]["requestSettings"]["requestTimeout"] == "PT1M30S"
     assert deployment_rest["sku"]["capacity"] == 2
-    model_rest = model._to_rest_object().as_dict()["properties"]
+    model_rest = sent[("PUT", "versions")]["properties"]
     assert model_rest["modelType"] == "mlflow_model"
     assert model_rest["modelUri"] == "azureml://jobs/ftpilot-job-1/outputs/trained_model"
     assert model_rest["description"] == "fine-tuned on d1"
+    wire.close()

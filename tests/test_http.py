@@ -15,19 +15,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from azure.ai.ml.entities import EndpointAadToken
 from azure.core.credentials import AccessToken
 
-from shared.config import Settings
 from shared.platform.azureml import AzureMLPlatform
 from shared.platform.azureml.metrics import MlflowRestMetricsReader, api_base
 from shared.platform.port import EndpointRequest, NotFoundError, PlatformConfigError, PlatformError
-from tests.fakes.azureml_client import FakeMLClient
+from tests.azure_wire.workspace import Wire
 
 pytestmark = pytest.mark.filterwarnings("ignore::marshmallow.warnings.Marshmallow4Warning")
 
 ENDPOINT = "ftpilot-chat"
-KEY = f"key-of-{ENDPOINT}-0123456789"  # what the fake service hands out for this endpoint
+KEY = f"key-of-{ENDPOINT}-0123456789"  # what the emulated workspace's listKeys hands out for this endpoint
 
 Reply = tuple[int, dict[str, str], bytes]
 
@@ -93,11 +91,19 @@ def json_reply(status: int, value: Any) -> Reply:
     return status, {"Content-Type": "application/json"}, json.dumps(value).encode()
 
 
-def platform_scoring_at(scoring_uri: str) -> AzureMLPlatform:
-    ml = FakeMLClient()
-    ml.online_endpoints.scoring_uri = scoring_uri
-    platform = AzureMLPlatform(Settings(platform="azureml"), ml_client=ml)
+def wired_endpoint() -> tuple[Wire, AzureMLPlatform]:
+    """A key-auth endpoint in the emulated workspace, reached through the real SDK."""
+    wire = Wire.start()
+    platform = wire.platform()
     platform.begin_create_endpoint(EndpointRequest(ENDPOINT, "chat models"))
+    wire.emulator.settle()
+    wire.emulator.keys[ENDPOINT] = (KEY, KEY[::-1])
+    return wire, platform
+
+
+def platform_scoring_at(scoring_uri: str) -> AzureMLPlatform:
+    wire, platform = wired_endpoint()
+    wire.emulator.endpoints[ENDPOINT]["properties"]["scoringUri"] = scoring_uri
     return platform
 
 
@@ -170,19 +176,18 @@ def test_an_unreachable_or_non_json_deployment_is_a_platform_error() -> None:
     assert KEY not in str(caught.value)
 
 
-def test_invoking_an_endpoint_that_cannot_be_scored_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    ml = FakeMLClient()
-    platform = AzureMLPlatform(Settings(platform="azureml"), ml_client=ml)
+def test_invoking_an_endpoint_that_cannot_be_scored_says_why() -> None:
+    wire, platform = wired_endpoint()
     with pytest.raises(NotFoundError):
         platform.invoke("nope", "blue", {}, 1)
 
-    ml.online_endpoints.scoring_uri = None
-    platform.begin_create_endpoint(EndpointRequest(ENDPOINT, "chat models"))
+    endpoint = wire.emulator.endpoints[ENDPOINT]["properties"]
+    endpoint["scoringUri"] = None
     with pytest.raises(PlatformError, match=f"endpoint {ENDPOINT} has no scoring URI yet"):
         platform.invoke(ENDPOINT, "blue", {}, 1)
 
-    ml.online_endpoints.scoring_uri = "https://ep.example/score"
-    monkeypatch.setattr(ml.online_endpoints, "get_keys", lambda name: EndpointAadToken(AccessToken("aad-token", 0)))
+    endpoint["scoringUri"] = "https://ep.example/score"
+    endpoint["authMode"] = "AMLToken"  # the SDK then asks for a token, not keys
     with pytest.raises(PlatformConfigError, match="does not use key authentication"):
         platform.invoke(ENDPOINT, "blue", {}, 1)
 

@@ -291,7 +291,9 @@ class WorkspaceEmulator:
         raise Answer(404, "NoRoute", f"the emulator has no route for {sent.method} {path}")
 
     def _route_table(self) -> list[tuple[str, re.Pattern[str], Callable[..., Any]]]:
-        ws = re.escape(f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}{PROVIDER}/workspaces/{WORKSPACE}")
+        ws = re.escape(
+            f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}{PROVIDER}/workspaces/{WORKSPACE}"
+        )
         registry = re.escape(
             f"/mferp/managementfrontend/subscriptions/{REGISTRY_SUBSCRIPTION}/resourceGroups/"
             f"{REGISTRY_RESOURCE_GROUP}{PROVIDER}/registries/{REGISTRY}"
@@ -354,9 +356,7 @@ class WorkspaceEmulator:
         return 200, {}, body
 
     def _registry_asset_id(self, kind: str, name: str, version: str) -> str:
-        return (
-            f"azureml://registries/{REGISTRY}/{kind}/{name}/versions/{version}"
-        )
+        return f"azureml://registries/{REGISTRY}/{kind}/{name}/versions/{version}"
 
     def _registry_model_body(self, name: str) -> dict[str, Any]:
         return {
@@ -391,7 +391,7 @@ class WorkspaceEmulator:
         return 200, {}, self._registry_model_body(name)
 
     def _component_body(self) -> dict[str, Any]:
-        from tests.fakes.azureml_client import spec_component
+        from tests.azure_wire.component import spec_component
 
         component = spec_component()
         body = component._to_rest_object().as_dict()
@@ -523,7 +523,9 @@ class WorkspaceEmulator:
             existing["systemData"]["lastModifiedAt"] = _stamp()
             return 200, {}, copy.deepcopy(existing)
         stored = copy.deepcopy(body)
-        stored.update(id=f"{WORKSPACE_ID}/jobs/{name}", name=name, type="Microsoft.MachineLearningServices/workspaces/jobs")
+        stored.update(
+            id=f"{WORKSPACE_ID}/jobs/{name}", name=name, type="Microsoft.MachineLearningServices/workspaces/jobs"
+        )
         stored["systemData"] = _system_data()
         props = stored.setdefault("properties", {})
         props["status"] = "NotStarted"
@@ -832,12 +834,16 @@ class WorkspaceEmulator:
     def _token(self, sent: Sent, query: dict[str, str], endpoint: str) -> Any:
         self._endpoint(endpoint)
         now = int(datetime.now(UTC).timestamp())
-        return 200, {}, {
-            "accessToken": uuid.uuid4().hex,
-            "tokenType": "Bearer",
-            "expiryTimeUtc": now + 43200,
-            "refreshAfterTimeUtc": now + 21600,
-        }
+        return (
+            200,
+            {},
+            {
+                "accessToken": uuid.uuid4().hex,
+                "tokenType": "Bearer",
+                "expiryTimeUtc": now + 43200,
+                "refreshAfterTimeUtc": now + 21600,
+            },
+        )
 
     # --- deployments ----------------------------------------------------------------------------------
 
@@ -875,7 +881,13 @@ class WorkspaceEmulator:
         properties.setdefault("modelMountPath", None)
         properties.setdefault(
             "readinessProbe",
-            {"failureThreshold": 30, "successThreshold": 1, "timeout": "PT2S", "period": "PT10S", "initialDelay": "PT10S"},
+            {
+                "failureThreshold": 30,
+                "successThreshold": 1,
+                "timeout": "PT2S",
+                "period": "PT10S",
+                "initialDelay": "PT10S",
+            },
         )
         properties["provisioningState"] = "Creating" if existing is None else "Updating"
         stored = {
@@ -943,10 +955,14 @@ class WorkspaceEmulator:
         resource = f"{WORKSPACE_ID}/onlineEndpoints/{endpoint}"
         if endpoint not in self.endpoints:
             # ASSUMED: Azure Monitor's own error shape for a resource that does not exist.
-            return 404, {"x-ms-response-type": "error"}, {
-                "code": "ResourceNotFound",
-                "message": f"The Resource '{resource}' was not found.",
-            }
+            return (
+                404,
+                {"x-ms-response-type": "error"},
+                {
+                    "code": "ResourceNotFound",
+                    "message": f"The Resource '{resource}' was not found.",
+                },
+            )
         start_text, _, end_text = query["timespan"].partition("/")
         start = datetime.fromisoformat(start_text.replace("Z", "+00:00"))
         end = datetime.fromisoformat(end_text.replace("Z", "+00:00"))
@@ -993,7 +1009,9 @@ class WorkspaceEmulator:
                     return 404, {"message": f"deployment {deployment} is not ready"}
             conversations = ((body or {}).get("input_data") or {}).get("input_string")
             if not isinstance(conversations, list) or not conversations or conversations[0][-1]["role"] != "user":
-                return 400, {"message": "input_data.input_string must be a list of conversations ending with a user turn"}
+                return 400, {
+                    "message": "input_data.input_string must be a list of conversations ending with a user turn"
+                }
             self.score_requests.setdefault(endpoint, []).append(datetime.now(UTC))
             answer = self.answer
         if isinstance(answer, tuple):

@@ -69,11 +69,24 @@ class Sent:
         return {"GET": "read", "HEAD": "read", "DELETE": "delete"}.get(self.method, "write")
 
 
+@dataclass(frozen=True)
+class Answered:
+    """One answer as the emulator gave it."""
+
+    request: Sent
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
 class _EmulatorAdapter(HTTPAdapter):
-    def __init__(self, emulator: WorkspaceEmulator, log: list[Sent], lock: threading.Lock) -> None:
+    def __init__(
+        self, emulator: WorkspaceEmulator, log: list[Sent], answers: list[Answered], lock: threading.Lock
+    ) -> None:
         super().__init__()
         self._emulator = emulator
         self._log = log
+        self._answers = answers
         self._lock = lock
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
@@ -91,6 +104,8 @@ class _EmulatorAdapter(HTTPAdapter):
             status, headers, payload = self._emulator.handle(sent)
         except ConnectionReset as reset:
             raise requests.exceptions.ConnectionError(ProtocolError("Connection aborted.", reset)) from None
+        with self._lock:
+            self._answers.append(Answered(sent, status, dict(headers), payload))
         data = b"" if payload is None else json.dumps(payload).encode()
         headers = {"Content-Length": str(len(data)), **headers}
         if payload is not None:
@@ -106,9 +121,10 @@ class WireRecorder:
 
     def __init__(self, emulator: WorkspaceEmulator) -> None:
         self.sent: list[Sent] = []
+        self.answers: list[Answered] = []
         self._lock = threading.Lock()
         session = requests.Session()
-        adapter = _EmulatorAdapter(emulator, self.sent, self._lock)
+        adapter = _EmulatorAdapter(emulator, self.sent, self.answers, self._lock)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         self.session = session

@@ -49,8 +49,8 @@ class Wire:
         data_plane.serve(emulator)
         return cls(emulator, data_plane, WireRecorder(emulator), JwtCredential(), wire_settings(**settings))
 
-    def platform(self, **settings: Any) -> Any:
-        """``AzureMLPlatform`` whose clients are the real SDK clients over this wire."""
+    def platform(self, retries: dict[str, Any] | None = None, **settings: Any) -> Any:
+        """``AzureMLPlatform`` whose clients are the real SDK clients over this wire (``retries``: policy kwargs)."""
         from azure.ai.ml import MLClient
         from azure.mgmt.monitor import MonitorManagementClient
 
@@ -58,11 +58,10 @@ class Wire:
 
         chosen = self.settings.model_copy(update=settings) if settings else self.settings
         transport = self.recorder.transport()
-        workspace = MLClient(
-            self.credential, SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, transport=transport, **FAST_RETRIES
-        )
-        registry = MLClient(self.credential, registry_name="azureml", transport=transport, **FAST_RETRIES)
-        monitor = MonitorManagementClient(self.credential, SUBSCRIPTION, transport=transport, **FAST_RETRIES)
+        policy = {**FAST_RETRIES, **(retries or {})}
+        workspace = MLClient(self.credential, SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, transport=transport, **policy)
+        registry = MLClient(self.credential, registry_name="azureml", transport=transport, **policy)
+        monitor = MonitorManagementClient(self.credential, SUBSCRIPTION, transport=transport, **policy)
         return AzureMLPlatform(
             chosen, ml_client=workspace, registry_client=registry, credential=self.credential, monitor_client=monitor
         )

@@ -10,6 +10,7 @@ connection errors (honouring ``Retry-After``), so a ``TransientError`` means its
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ T = TypeVar("T")
 MANAGED_BY = {"managed-by": "ftpilot"}
 _USER_ERROR_STATUSES = frozenset({400, 401, 403, 405, 413, 422})
 _MESSAGE_CHARS = 500
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def status_of(error: BaseException) -> int | None:
@@ -69,10 +71,18 @@ def text_of(value: object) -> str | None:
     return str(getattr(value, "value", value))
 
 
-def is_user_error(error: BaseException) -> bool:
-    """azure-ai-ml's own exceptions carry a category; a user error is one a setting must fix."""
+def is_user_error(error: BaseException | None) -> bool:
+    """azure-ai-ml's own exceptions carry a category; a user error is one a setting must fix.
+
+    The SDK sometimes wraps a user-error ``ValidationException`` in an ``MlException`` of unknown
+    category, so the cause counts too.
+    """
+    if error is None:
+        return False
     category = getattr(error, "error_category", None)
-    return str(getattr(category, "value", category) or "").lower() == "usererror"
+    if str(getattr(category, "value", category) or "").lower() == "usererror":
+        return True
+    return is_user_error(error.__cause__ or error.__context__)
 
 
 def service_message(error: BaseException) -> str:
@@ -85,12 +95,19 @@ def service_message(error: BaseException) -> str:
         codes = ", ".join(c for c in (code, *inner) if c)
         text = f"{message} ({codes})" if codes else message
     else:
-        text = str(getattr(error, "message", None) or error).split("\n", 1)[0]
+        text = _first_meaningful_line(str(getattr(error, "message", None) or error))
     status = status_of(error)
     if status:
         text = f"HTTP {status}: {text}"
     text = " ".join(text.split())
     return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS] + "..."
+
+
+def _first_meaningful_line(text: str) -> str:
+    """azure-ai-ml formats its validation errors as a coloured banner; keep the line that says what is wrong."""
+    lines = [line.strip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
+    reasons = [line.removeprefix("(x)").strip() for line in lines if line.startswith("(x)")]
+    return "; ".join(reasons) if reasons else (lines[0] if lines else type(text).__name__)
 
 
 def retry_after_s(error: BaseException) -> float | None:

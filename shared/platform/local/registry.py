@@ -115,8 +115,8 @@ class Registry:
         holder = existing.tags.get(JOB_TAG)
         if holder and holder != request.job_name:
             raise ConflictError(
-                f"model {request.name} version {existing.version} (run {request.run_id}) already holds job {holder}'s output, "
-                f"not job {request.job_name}'s"
+                f"model {request.name} version {existing.version} (run {request.run_id}) already holds "
+                f"job {holder}'s output, not job {request.job_name}'s"
             )
         return _info(existing)
 
