@@ -97,6 +97,45 @@ def _system_data(created: str | None = None) -> dict[str, str]:
     }
 
 
+# SPEC (ManagedOnlineDeployment/get.json): what the service fills in on a deployment that a PUT leaves out.
+_DEPLOYMENT_DEFAULTS: dict[str, Any] = {
+    "description": None,
+    "properties": {},
+    "scaleSettings": {"scaleType": "Default"},
+    "requestSettings": {"maxQueueWait": "PT0.5S", "requestTimeout": "PT5S", "maxConcurrentRequestsPerInstance": 1},
+    "appInsightsEnabled": False,
+    "livenessProbe": {
+        "failureThreshold": 30,
+        "successThreshold": 1,
+        "timeout": "PT2S",
+        "period": "PT10S",
+        "initialDelay": "PT10S",
+    },
+    "readinessProbe": {
+        "failureThreshold": 30,
+        "successThreshold": 1,
+        "timeout": "PT2S",
+        "period": "PT10S",
+        "initialDelay": "PT10S",
+    },
+    "endpointComputeType": "Managed",
+    "modelMountPath": None,
+    "instanceType": None,
+    "model": None,
+}
+
+
+def _with_defaults(sent: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``sent`` with every key of ``defaults`` it leaves out filled in, nested objects too."""
+    merged = copy.deepcopy(defaults)
+    for key, value in sent.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and merged[key]:
+            merged[key] = _with_defaults(value, merged[key])
+        else:
+            merged[key] = value
+    return merged
+
+
 class Answer(Exception):
     """A non-2xx answer raised from inside a handler."""
 
@@ -503,6 +542,11 @@ class WorkspaceEmulator:
                 "memoryGB": 220.0 if gpus else 14.0,
                 "lowPriorityCapable": True,
                 "premiumIO": True,
+                "estimatedVMPrices": {
+                    "billingCurrency": "USD",
+                    "unitOfMeasure": "OneHour",
+                    "values": [{"retailPrice": 3.67 if gpus else 0.27, "osType": "Linux", "vmTier": "Standard"}],
+                },
                 "supportedComputeTypes": ["AmlCompute", "ComputeInstance"],
             }
             for size, gpus in self.vm_sizes
@@ -530,9 +574,20 @@ class WorkspaceEmulator:
         props = stored.setdefault("properties", {})
         props["status"] = "NotStarted"
         props.setdefault("experimentName", "Default")
+        for key in (
+            "description",
+            "computeId",
+            "identity",
+            "componentId",
+            "notificationSetting",
+            "secretsConfiguration",
+            "sourceJobId",
+        ):
+            props.setdefault(key, None)  # RECORDED: the service answers with each, null when unset
         props["services"] = {
             "Studio": {
                 "jobServiceType": "Studio",
+                "port": None,
                 "endpoint": f"https://ml.azure.com/runs/{name}?wsid={WORKSPACE_ID}",
                 "status": None,
                 "errorMessage": None,
@@ -541,6 +596,7 @@ class WorkspaceEmulator:
             },
             "Tracking": {
                 "jobServiceType": "Tracking",
+                "port": None,
                 "endpoint": self.tracking_base,
                 "status": None,
                 "errorMessage": None,
@@ -875,20 +931,7 @@ class WorkspaceEmulator:
         if not self._model_exists(model):
             raise Answer(400, "UserError", f"Model {model!r} does not exist.", "ModelNotFound")
         existing = self.deployments.get((endpoint, name))
-        properties.setdefault("scaleSettings", {"scaleType": "Default"})
-        properties.setdefault("endpointComputeType", "Managed")
-        properties.setdefault("appInsightsEnabled", False)
-        properties.setdefault("modelMountPath", None)
-        properties.setdefault(
-            "readinessProbe",
-            {
-                "failureThreshold": 30,
-                "successThreshold": 1,
-                "timeout": "PT2S",
-                "period": "PT10S",
-                "initialDelay": "PT10S",
-            },
-        )
+        properties = _with_defaults(properties, _DEPLOYMENT_DEFAULTS)
         properties["provisioningState"] = "Creating" if existing is None else "Updating"
         stored = {
             "id": f"{WORKSPACE_ID}/onlineEndpoints/{endpoint}/deployments/{name}",
@@ -899,7 +942,15 @@ class WorkspaceEmulator:
             "tags": body.get("tags") or {},
             "location": body.get("location", LOCATION),
             "kind": "Managed",
-            "sku": body.get("sku") or {"name": "Default", "capacity": 1},
+            "identity": {"type": "SystemAssigned", "principalId": str(uuid.uuid4()), "tenantId": "tenant"},
+            "sku": {
+                "name": "Default",
+                "tier": "Standard",
+                "size": None,
+                "family": None,
+                "capacity": 1,
+                **(body.get("sku") or {}),
+            },
         }
         self.deployments[(endpoint, name)] = stored
 
