@@ -90,6 +90,14 @@ class Azure:
         self.platform.begin_create_endpoint(EndpointRequest(ENDPOINT, "chat models"))
         self.emulator.settle()
 
+    def deployed(self) -> str:
+        """A completed job's model serving on ``ENDPOINT`` as ``blue-v3``, provisioned; the model's id."""
+        model_id = self.with_model()
+        self.endpoint()
+        self.platform.begin_create_deployment(deployment_request(model_id=model_id))
+        self.emulator.settle()
+        return model_id
+
 
 @pytest.fixture
 def azure() -> Iterator[Azure]:
@@ -640,20 +648,14 @@ def test_setting_traffic_begins_an_endpoint_update(azure: Azure) -> None:
 
 
 def test_a_change_while_another_is_under_way_is_a_conflict(azure: Azure) -> None:
-    model_id = azure.with_model()
-    azure.endpoint()
-    azure.platform.begin_create_deployment(deployment_request(model_id=model_id))
-    azure.emulator.settle()
+    azure.deployed()
     azure.platform.begin_set_traffic(ENDPOINT, {"blue-v3": 100})
     with pytest.raises(ConflictError, match="operation in progress"):
         azure.platform.begin_set_traffic(ENDPOINT, {"blue-v3": 100})
 
 
 def test_deletes_begin_and_are_idempotent(azure: Azure) -> None:
-    model_id = azure.with_model()
-    azure.endpoint()
-    azure.platform.begin_create_deployment(deployment_request(model_id=model_id))
-    azure.emulator.settle()
+    azure.deployed()
 
     promptly(lambda: azure.platform.begin_delete_deployment(ENDPOINT, "blue-v3"))
     azure.emulator.settle()
@@ -669,10 +671,7 @@ def test_deletes_begin_and_are_idempotent(azure: Azure) -> None:
 
 
 def test_a_deployment_that_takes_traffic_is_not_deleted(azure: Azure) -> None:
-    model_id = azure.with_model()
-    azure.endpoint()
-    azure.platform.begin_create_deployment(deployment_request(model_id=model_id))
-    azure.emulator.settle()
+    azure.deployed()
     azure.platform.begin_set_traffic(ENDPOINT, {"blue-v3": 100})
     azure.emulator.settle()
     with pytest.raises(ConflictError, match="takes 100% of the traffic"):
@@ -684,10 +683,7 @@ def test_a_deployment_that_takes_traffic_is_not_deleted(azure: Azure) -> None:
 
 
 def test_invoke_posts_to_the_scoring_uri_with_the_key_from_list_keys(azure: Azure) -> None:
-    model_id = azure.with_model()
-    azure.endpoint()
-    azure.platform.begin_create_deployment(deployment_request(model_id=model_id))
-    azure.emulator.settle()
+    azure.deployed()
     payload = {"input_data": {"input_string": [[{"role": "user", "content": "Why tides?"}]], "parameters": {}}}
 
     assert azure.platform.invoke(ENDPOINT, "blue-v3", payload, timeout_s=10) == azure.emulator.answer
