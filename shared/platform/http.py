@@ -39,7 +39,8 @@ class TransientHttpStatusError(HttpStatusError, TransientError):
         self.retry_after_s = retry_after_s
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds; None when absent or not a number (HTTP dates are not used by Azure)."""
     try:
         return float(value) if value is not None else None
     except ValueError:
@@ -85,7 +86,8 @@ def request_json(
     except urllib.error.HTTPError as exc:
         message = f"{what} answered HTTP {exc.code}: {_excerpt(exc.read(), secrets)}"
         if exc.code == 429 or exc.code >= 500:
-            raise TransientHttpStatusError(message, exc.code, _retry_after(exc.headers.get("Retry-After"))) from None
+            wait = retry_after_seconds(exc.headers.get("Retry-After"))
+            raise TransientHttpStatusError(message, exc.code, wait) from None
         raise HttpStatusError(message, exc.code) from None
     except (OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)

@@ -24,6 +24,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
+from shared.platform.http import retry_after_seconds
 from shared.platform.port import (
     ConflictError,
     NotFoundError,
@@ -112,11 +113,7 @@ def _first_meaningful_line(text: str) -> str:
 
 def retry_after_s(error: BaseException) -> float | None:
     response = getattr(error, "response", None)
-    value = response.headers.get("Retry-After") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+    return retry_after_seconds(response.headers.get("Retry-After")) if response is not None else None
 
 
 def translate(error: BaseException, what: str) -> PlatformError | None:
