@@ -36,7 +36,8 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -136,6 +137,22 @@ def _with_defaults(sent: dict[str, Any], defaults: dict[str, Any]) -> dict[str, 
     return merged
 
 
+@cache
+def _component_rest_body() -> dict[str, Any]:
+    """chat_completion_pipeline as the registry serves it: the spec, through the SDK's own serialiser (once)."""
+    from tests.azure_wire.component import spec_component
+
+    component = spec_component()
+    body = component._to_rest_object().as_dict()
+    body.update(
+        id=_registry_asset_id("components", component.name, component.version),
+        name=component.version,
+        type="components",
+        systemData=_system_data("2025-06-01T00:00:00.0000000+00:00"),
+    )
+    return body
+
+
 class Answer(Exception):
     """A non-2xx answer raised from inside a handler."""
 
@@ -145,6 +162,10 @@ class Answer(Exception):
         self.code = code
         self.message = message
         self.detail = detail
+
+
+def _registry_asset_id(kind: str, name: str, version: str) -> str:
+    return f"azureml://registries/{REGISTRY}/{kind}/{name}/versions/{version}"
 
 
 def error_body(code: str, message: str, detail: str | None = None) -> dict[str, Any]:
@@ -394,12 +415,9 @@ class WorkspaceEmulator:
         }
         return 200, {}, body
 
-    def _registry_asset_id(self, kind: str, name: str, version: str) -> str:
-        return f"azureml://registries/{REGISTRY}/{kind}/{name}/versions/{version}"
-
     def _registry_model_body(self, name: str) -> dict[str, Any]:
         return {
-            "id": self._registry_asset_id("models", name, BASE_MODEL_VERSION),
+            "id": _registry_asset_id("models", name, BASE_MODEL_VERSION),
             "name": BASE_MODEL_VERSION,
             "type": "models",
             "properties": {
@@ -430,18 +448,7 @@ class WorkspaceEmulator:
         return 200, {}, self._registry_model_body(name)
 
     def _component_body(self) -> dict[str, Any]:
-        from tests.azure_wire.component import spec_component
-
-        component = spec_component()
-        body = component._to_rest_object().as_dict()
-        version = component.version
-        body.update(
-            id=self._registry_asset_id("components", component.name, version),
-            name=version,
-            type="components",
-            systemData=_system_data("2025-06-01T00:00:00.0000000+00:00"),
-        )
-        return body
+        return copy.deepcopy(_component_rest_body())
 
     def _component_versions(self, sent: Sent, query: dict[str, str], name: str) -> Any:
         if not self.component_available or name != "chat_completion_pipeline":
@@ -1100,9 +1107,3 @@ class WorkspaceEmulator:
                     },
                 }
         return runs
-
-    # --- a view for tests -------------------------------------------------------------------------------
-
-    def requests_in(self, endpoint: str, window: timedelta) -> int:
-        cutoff = datetime.now(UTC) - window
-        return sum(1 for moment in self.score_requests.get(endpoint, []) if moment >= cutoff)
