@@ -397,6 +397,19 @@ def test_refusals_are_the_ports_errors_with_the_services_words(wire: Wire, fault
     assert caught.value.__cause__ is not None  # the SDK's error stays attached for the logs
 
 
+def test_a_create_whose_answer_is_lost_after_it_took_effect_is_found_on_the_retry(wire: Wire) -> None:
+    """The service made the endpoint, then the answer failed: the retried create leaves it alone."""
+    platform = wire.platform(retries={"retry_total": 0})
+    wire.emulator.inject(Fault("PUT", "/onlineEndpoints/ep-one", status=503, after_effect=True))
+    with pytest.raises(TransientError):
+        platform.begin_create_endpoint(EndpointRequest("ep-one", "d"))
+    platform.begin_create_endpoint(EndpointRequest("ep-one", "d"))
+    assert len([s for s in wire.recorder.calls() if s.method == "PUT"]) == 1
+    wire.emulator.settle()
+    endpoint = platform.get_endpoint("ep-one")
+    assert endpoint is not None and endpoint.state is ProvisioningState.SUCCEEDED
+
+
 def test_a_missing_endpoint_answers_not_found_everywhere(wire: Wire) -> None:
     platform = wire.platform()
     assert platform.get_endpoint("nope") is None
