@@ -69,7 +69,7 @@ class Azure:
         self.emulator = self.wire.emulator
         if model_tags:
             self.emulator.set_base_model_tags(model_tags)
-        self.platform = self.wire.platform(**(settings.model_dump() if settings else {}))
+        self.platform = self.wire.platform(settings)
 
     def sent(self, method: str, fragment: str) -> list[Any]:
         """What the service received: the requests whose path contains ``fragment``."""

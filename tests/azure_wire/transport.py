@@ -7,9 +7,10 @@ long-running-operation pollers, response deserialisers and error mapping. A conn
 raised the way ``requests`` raises it, so azure-core turns it into its own error as it would in
 Azure. Nothing leaves the process.
 
-Every request is counted: ARM (``management.azure.com``) reads, writes and deletes apart from the
-LRO pollers' status reads, which depend on timing; registry calls go to another host and are not
-throttled by ARM.
+Every request is counted: ARM (``management.azure.com``) reads, writes and deletes that ftpilot's
+own code makes, apart from what the SDK's LRO pollers send from their daemon threads (status polls
+and final reads, which depend on timing); registry calls go to another host and are not throttled
+by ARM.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Sent:
     url: str
     headers: dict[str, str]
     body: Any
+    thread: str = ""  # the sending thread's name: azure-core names its pollers' threads "LROPoller(...)"
 
     @property
     def path(self) -> str:
@@ -59,7 +61,8 @@ class Sent:
 
     @property
     def is_poll(self) -> bool:
-        return any(marker in self.path for marker in POLL_MARKERS)
+        """Sent by an SDK poller (on its own thread, or an operation-status read)."""
+        return self.thread.startswith("LROPoller") or any(marker in self.path for marker in POLL_MARKERS)
 
     @property
     def arm_kind(self) -> str | None:
@@ -97,7 +100,9 @@ class _EmulatorAdapter(HTTPAdapter):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = raw
-        sent = Sent(request.method or "GET", request.url or "", dict(request.headers), body)
+        sent = Sent(
+            request.method or "GET", request.url or "", dict(request.headers), body, threading.current_thread().name
+        )
         with self._lock:
             self._log.append(sent)
         try:

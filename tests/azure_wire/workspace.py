@@ -49,21 +49,24 @@ class Wire:
         data_plane.serve(emulator)
         return cls(emulator, data_plane, WireRecorder(emulator), JwtCredential(), wire_settings(**settings))
 
-    def platform(self, retries: dict[str, Any] | None = None, **settings: Any) -> Any:
+    def platform(self, settings: Settings | None = None, retries: dict[str, Any] | None = None) -> Any:
         """``AzureMLPlatform`` whose clients are the real SDK clients over this wire (``retries``: policy kwargs)."""
         from azure.ai.ml import MLClient
         from azure.mgmt.monitor import MonitorManagementClient
 
         from shared.platform.azureml import AzureMLPlatform
 
-        chosen = self.settings.model_copy(update=settings) if settings else self.settings
         transport = self.recorder.transport()
         policy = {**FAST_RETRIES, **(retries or {})}
         workspace = MLClient(self.credential, SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, transport=transport, **policy)
         registry = MLClient(self.credential, registry_name="azureml", transport=transport, **policy)
         monitor = MonitorManagementClient(self.credential, SUBSCRIPTION, transport=transport, **policy)
         return AzureMLPlatform(
-            chosen, ml_client=workspace, registry_client=registry, credential=self.credential, monitor_client=monitor
+            settings or self.settings,
+            ml_client=workspace,
+            registry_client=registry,
+            credential=self.credential,
+            monitor_client=monitor,
         )
 
     def close(self) -> None:
