@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,6 +45,7 @@ from tests.azure_wire.emulator import (
 )
 from tests.azure_wire.workspace import Wire, wire_settings
 from tests.paths import REPO
+from tests.promptly import promptly
 
 # azure-ai-ml's marshmallow-3 schemas warn about marshmallow 4 on every load: the SDK's to fix, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore::marshmallow.warnings.Marshmallow4Warning")
@@ -104,25 +104,6 @@ def azure() -> Iterator[Azure]:
     azure = Azure()
     yield azure
     azure.wire.close()
-
-
-def promptly(call: Callable[[], object], limit_s: float = 20.0) -> None:
-    """``call()`` returns without waiting for the operation it begins (the emulator has not moved it on)."""
-    done = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as error:  # handed to the test thread
-            errors.append(error)
-        finally:
-            done.set()
-
-    threading.Thread(target=run, daemon=True).start()
-    assert done.wait(limit_s), "a begin_* call waited for its long-running operation"
-    if errors:
-        raise errors[0]
 
 
 def request(job_name: str = "ftpilot-d1-a1b2c3", **overrides: object) -> FineTuneRequest:
@@ -643,8 +624,10 @@ def test_setting_traffic_begins_an_endpoint_update(azure: Azure) -> None:
     assert endpoint is not None and endpoint.traffic == {"blue-v3": 90, "green-v4": 10}
     with pytest.raises(NotFoundError):
         azure.platform.begin_set_traffic("no-such-endpoint", {"a": 100})
-    with pytest.raises(PlatformConfigError, match="do not exist: red"):
+    with pytest.raises(NotFoundError, match="has no deployment red"):  # refused before anything is sent
         azure.platform.begin_set_traffic(ENDPOINT, {"red": 100})
+    with pytest.raises(PlatformConfigError, match="add up to 100, not 90"):  # the service's own refusal
+        azure.platform.begin_set_traffic(ENDPOINT, {"blue-v3": 60, "green-v4": 30})
 
 
 def test_a_change_while_another_is_under_way_is_a_conflict(azure: Azure) -> None:

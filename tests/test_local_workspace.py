@@ -344,6 +344,10 @@ def test_traffic_follows_the_weights_and_the_header(
     assert answered_by(4, **{"azureml-model-deployment": "green"}) == {"green": 4}
     platform.begin_set_traffic(ENDPOINT, {"blue": 100})
     assert answered_by(3) == {"blue": 3}
+    with pytest.raises(ConflictError, match="still takes 100%"):  # as on Azure: move the traffic first
+        platform.begin_delete_deployment(ENDPOINT, "blue")
+    with pytest.raises(ConflictError, match="already serves model"):
+        platform.begin_create_deployment(DeploymentRequest(ENDPOINT, "blue", "models:/another/1", "cpu"))
     assert platform.endpoint_request_count(ENDPOINT, 300) == counted_before + 17
     with pytest.raises(PlatformError, match="adds up to 90"):
         platform.begin_set_traffic(ENDPOINT, {"blue": 60, "green": 30})

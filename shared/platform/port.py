@@ -245,8 +245,8 @@ class MLPlatform(Protocol):
     def begin_set_traffic(self, endpoint_name: str, traffic: Mapping[str, int]) -> None:
         """Start moving the endpoint's traffic to ``traffic`` (deployment -> percent, adding up to 100).
 
-        NotFoundError when the endpoint does not exist; PlatformConfigError when ``traffic`` names a
-        deployment that does not exist.
+        NotFoundError when the endpoint, or a deployment ``traffic`` names, does not exist;
+        PlatformConfigError when the weights are not whole percentages adding up to 100 (or all 0).
         """
         ...
 

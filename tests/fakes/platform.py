@@ -114,6 +114,8 @@ class FakePlatform:
 
     def get_job_metrics(self, name: str) -> dict[str, float]:
         self._called("get_job_metrics")
+        if name not in self.jobs:
+            raise NotFoundError(f"job {name} does not exist")
         return dict(self.metrics.get(name, {}))
 
     # Models -------------------------------------------------------------------------------
@@ -157,8 +159,10 @@ class FakePlatform:
 
     def begin_create_endpoint(self, request: EndpointRequest) -> None:
         with self._lock:
-            if request.name in self.endpoints:
-                raise ConflictError(f"endpoint {request.name} already exists")
+            existing = self.endpoints.get(request.name)
+            if existing is not None and existing.info.state is not ProvisioningState.FAILED:
+                self._called("begin_create_endpoint")
+                return  # left alone, as the service's adapters do
             self.endpoints[request.name] = _Endpoint(
                 EndpointInfo(
                     request.name,
@@ -182,7 +186,9 @@ class FakePlatform:
             endpoint = self._endpoint(endpoint_name)
             unknown = set(traffic) - set(endpoint.deployments)
             if unknown:
-                raise PlatformError(f"traffic names unknown deployments {sorted(unknown)}")
+                raise NotFoundError(f"endpoint {endpoint_name} has no deployment {', '.join(sorted(unknown))}")
+            if sum(traffic.values()) not in (0, 100):
+                raise PlatformConfigError(f"traffic {dict(traffic)} adds up to {sum(traffic.values())}, not 100")
             endpoint.info = replace(endpoint.info, traffic=dict(traffic), state=ProvisioningState.UPDATING)
             endpoint.pending = READS_TO_PROVISION
         self._called("begin_set_traffic")
@@ -199,8 +205,13 @@ class FakePlatform:
             raise PlatformConfigError(f"instance type {request.instance_type} cannot serve {request.base_model}")
         with self._lock:
             endpoint = self._endpoint(request.endpoint_name)
-            if request.name in endpoint.deployments:
-                raise ConflictError(f"deployment {request.name} already exists")
+            existing = endpoint.deployments.get(request.name)
+            if existing is not None:
+                if existing.model_id != request.model_id:
+                    raise ConflictError(f"deployment {request.name} already serves model {existing.model_id}")
+                if existing.state is not ProvisioningState.FAILED:
+                    self._called("begin_create_deployment")
+                    return
             endpoint.deployments[request.name] = DeploymentInfo(
                 request.endpoint_name, request.name, ProvisioningState.CREATING, request.model_id
             )
@@ -231,7 +242,7 @@ class FakePlatform:
             endpoint = self.endpoints.get(endpoint_name)
             if endpoint is not None:
                 if endpoint.info.traffic.get(name):
-                    raise PlatformError(f"deployment {name} still takes traffic")
+                    raise ConflictError(f"deployment {name} still takes traffic")
                 endpoint.deployments.pop(name, None)
                 endpoint.info = replace(
                     endpoint.info, traffic={k: v for k, v in endpoint.info.traffic.items() if k != name}
@@ -254,7 +265,9 @@ class FakePlatform:
 
     def endpoint_request_count(self, name: str, window_s: float) -> int:
         endpoint = self.endpoints.get(name)
-        return endpoint.requests if endpoint else 0
+        if endpoint is None:
+            raise NotFoundError(f"endpoint {name} does not exist")
+        return endpoint.requests
 
     # What a test sets up and asserts on ---------------------------------------------------
     def add_endpoint(self, name: str, *, tags: Mapping[str, str], created_at: str, requests: int = 0) -> None:

@@ -91,6 +91,11 @@ def begin_create_endpoint(ml_client: MLClient, request: EndpointRequest) -> None
 def begin_set_traffic(ml_client: MLClient, endpoint_name: str, traffic: Mapping[str, int]) -> None:
     """Start moving the endpoint's traffic to ``traffic`` (deployment -> percent)."""
     endpoint = _require_endpoint(ml_client, endpoint_name)
+    # The SDK's get lists the endpoint's deployments into ``traffic`` (0 for those without), so
+    # names it lacks are deployments that do not exist: refused here, as the port says.
+    unknown = sorted(set(traffic) - set(endpoint.traffic or {}))
+    if unknown:
+        raise NotFoundError(f"endpoint {endpoint_name} has no deployment {', '.join(unknown)}")
     endpoint.traffic = dict(traffic)
     ml_client.online_endpoints.begin_create_or_update(endpoint)
 

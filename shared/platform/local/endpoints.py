@@ -39,6 +39,7 @@ from shared.platform.local.loopback import HOST, free_port, healthy, port_free
 from shared.platform.local.processes import Proc, alive, log_tail, spawn, stop
 from shared.platform.local.store import Store, now
 from shared.platform.port import (
+    ConflictError,
     DeploymentInfo,
     DeploymentRequest,
     EndpointInfo,
@@ -193,6 +194,8 @@ class Endpoints:
 
     def request_count(self, name: str, window_s: float) -> int:
         with self.store.read() as db:
+            if self._endpoint_row(db, name) is None:
+                raise NotFoundError(f"endpoint {name} does not exist")
             return usage.request_count(db, name, window_s)
 
     def invoke(self, endpoint: str, deployment: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
@@ -258,7 +261,13 @@ class Endpoints:
         with self.store.write() as db:
             if self._endpoint_row(db, request.endpoint_name) is None:
                 raise NotFoundError(f"endpoint {request.endpoint_name} does not exist")
-            if self._deployment_row(db, request.endpoint_name, request.name) is not None:
+            existing = self._deployment_row(db, request.endpoint_name, request.name)
+            if existing is not None:
+                if existing["model_id"] != request.model_id:
+                    raise ConflictError(
+                        f"deployment {request.endpoint_name}/{request.name} already serves model "
+                        f"{existing['model_id']}, not {request.model_id}"
+                    )
                 return
             port = free_port()
             proc = self._spawn_server(request.endpoint_name, request.name, port, request.model_id)
@@ -281,15 +290,20 @@ class Endpoints:
             )
 
     def begin_delete_deployment(self, endpoint: str, name: str) -> None:
-        """Stop the deployment's server and drop it from the endpoint's traffic split."""
+        """Stop the deployment's server and drop it from the traffic split; refused while it takes traffic."""
         with self.store.write() as db:
             row = self._deployment_row(db, endpoint, name)
             if row is None:
                 return
-            db.execute("DELETE FROM deployments WHERE endpoint = ? AND name = ?", (endpoint, name))
             endpoint_row = self._endpoint_row(db, endpoint)
+            traffic = json.loads(endpoint_row["traffic"]) if endpoint_row is not None else {}
+            if traffic.get(name):
+                raise ConflictError(
+                    f"deployment {endpoint}/{name} still takes {traffic[name]}% of the traffic; move it first"
+                )
+            db.execute("DELETE FROM deployments WHERE endpoint = ? AND name = ?", (endpoint, name))
             if endpoint_row is not None:
-                traffic = {key: value for key, value in json.loads(endpoint_row["traffic"]).items() if key != name}
+                traffic.pop(name, None)
                 db.execute("UPDATE endpoints SET traffic = ? WHERE name = ?", (json.dumps(traffic), endpoint))
         stop(_proc(row))
         self._server_log(endpoint, name).unlink(missing_ok=True)
