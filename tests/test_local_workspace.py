@@ -151,7 +151,8 @@ def jobs(platform: LocalPlatform, local_settings: Settings) -> dict[str, Any]:
         platform.submit_finetune(finetune(local_settings, MISSING, train="prepared/missing.jsonl")),
         platform.submit_finetune(finetune(local_settings, CANCELED)),
     ]
-    canceled = platform.cancel_job(CANCELED)
+    platform.begin_cancel_job(CANCELED)
+    canceled = platform.get_job(CANCELED)
     trained = terminal_job(platform, JOB)
     print(f"\ntraining job: {time.monotonic() - started:.1f} s from submission to completed")
     return {"submitted": submitted, "canceled": canceled, JOB: trained, MISSING: terminal_job(platform, MISSING)}
@@ -433,6 +434,7 @@ def test_canceling_a_running_job_stops_its_trainer(platform: LocalPlatform, loca
     name = "ftpilot-local-cancel-running"
     assert platform.submit_finetune(finetune(local_settings, name)).status is JobStatus.RUNNING
     proc = platform.jobs.record(name).proc
-    assert platform.cancel_job(name).status is JobStatus.CANCELED
+    platform.begin_cancel_job(name)
+    assert platform.get_job(name).status is JobStatus.CANCELED
     assert not alive(proc)
     assert job_events(local_settings, name) == ["Running", "Canceled"]

@@ -70,6 +70,11 @@ class Harness:
                 time.sleep(0.1)
             raise AssertionError("local endpoints did not start")
 
+    def settle_jobs(self) -> None:
+        """Let a requested cancel take effect (the service moves CancelRequested on to Canceled)."""
+        if self.name == "azure":
+            self.backend.emulator.settle()
+
     def completed_job(self, name: str) -> str:
         request = FineTuneRequest(
             name,
@@ -171,6 +176,11 @@ def test_a_repeated_endpoint_create_leaves_the_first_and_returns_at_once(any_ada
     assert platform.get_endpoint(ENDPOINT) is None
 
 
+def test_canceling_a_job_that_does_not_exist_is_not_found(any_adapter: Harness) -> None:
+    with pytest.raises(NotFoundError):
+        any_adapter.platform.begin_cancel_job("ftpilot-nope")
+
+
 def test_traffic_on_what_does_not_exist_is_not_found(any_adapter: Harness) -> None:
     platform = any_adapter.platform
     with pytest.raises(NotFoundError):
@@ -196,6 +206,25 @@ def test_a_repeated_submission_returns_the_one_job(with_models: Harness) -> None
     again = platform.submit_finetune(request)
     assert (first.name, again.name) == ("ftpilot-job-1", "ftpilot-job-1")
     assert again.status is JobStatus.QUEUED
+
+
+def test_canceling_stops_a_job_and_leaves_an_ended_one_alone(with_models: Harness) -> None:
+    platform = with_models.platform
+    request = FineTuneRequest(
+        "ftpilot-job-1",
+        "Phi-3-mini-4k-instruct",
+        DataRef("datasets", "a/train.jsonl"),
+        DataRef("datasets", "a/test.jsonl"),
+        "chat",
+    )
+    platform.submit_finetune(request)
+    promptly(lambda: platform.begin_cancel_job("ftpilot-job-1"))
+    with_models.settle_jobs()
+    assert platform.get_job("ftpilot-job-1").status is JobStatus.CANCELED
+    with_models.completed_job("ftpilot-job-2")
+    platform.begin_cancel_job("ftpilot-job-2")
+    with_models.settle_jobs()
+    assert platform.get_job("ftpilot-job-2").status is JobStatus.COMPLETED
 
 
 def test_a_repeated_registration_returns_the_runs_version(with_models: Harness) -> None:

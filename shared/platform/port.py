@@ -195,6 +195,13 @@ class MLPlatform(Protocol):
         """The job's status, or None when there is no such job."""
         ...
 
+    def begin_cancel_job(self, name: str) -> None:
+        """Start canceling the job (it stops billing once canceled); a no-op for a job that has ended.
+
+        NotFoundError when there is no such job.
+        """
+        ...
+
     def get_job_metrics(self, name: str) -> dict[str, float]:
         """Final metrics the job logged (train_loss, eval_loss, ...), by name. NotFoundError for an unknown job."""
         ...

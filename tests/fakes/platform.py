@@ -107,6 +107,15 @@ class FakePlatform:
         self._called("get_job")
         return job
 
+    def begin_cancel_job(self, name: str) -> None:
+        with self._lock:
+            job = self.jobs.get(name)
+            if job is None:
+                raise NotFoundError(f"job {name} does not exist")
+            if not job.status.terminal:
+                self.jobs[name] = replace(job, status=JobStatus.CANCELED)
+        self._called("begin_cancel_job")
+
     def set_job(self, name: str, status: JobStatus, error: str | None = None) -> None:
         self.jobs[name] = replace(self.jobs[name], status=status, error=error)
         if status is JobStatus.COMPLETED:

@@ -132,6 +132,10 @@ class AzureMLPlatform:
         return None if job is None else submit.job_info(job)
 
     @_translated
+    def begin_cancel_job(self, name: str) -> None:
+        submit.begin_cancel_job(self.ml_client, name)
+
+    @_translated
     def get_job_metrics(self, name: str) -> dict[str, float]:
         return self.metrics_reader.final_metrics(name)
 

@@ -21,7 +21,15 @@ from shared.platform.azureml.compute import gpus_per_node
 from shared.platform.azureml.parameters import input_specs, model_defaults, resolve_parameters
 from shared.platform.azureml.service import MANAGED_BY, get_or_none, is_not_found, is_user_error, text_of
 from shared.platform.finetune import display_name, parameter_layers
-from shared.platform.port import DataRef, FineTuneRequest, JobInfo, JobStatus, ParamValue, PlatformConfigError
+from shared.platform.port import (
+    DataRef,
+    FineTuneRequest,
+    JobInfo,
+    JobStatus,
+    NotFoundError,
+    ParamValue,
+    PlatformConfigError,
+)
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
@@ -143,6 +151,16 @@ def datastore_uri(settings: Settings, ref: DataRef) -> str:
 def find_job(ml_client: MLClient, name: str) -> Job | None:
     """The job called ``name``, or None."""
     return get_or_none(ml_client.jobs.get, name)
+
+
+def begin_cancel_job(ml_client: MLClient, name: str) -> None:
+    """Start canceling ``name`` unless it has ended; the poller is dropped, as every ``begin_*`` here does."""
+    job = find_job(ml_client, name)
+    if job is None:
+        raise NotFoundError(f"job {name} does not exist in workspace {ml_client.workspace_name!r}")
+    if job_status(text_of(job.status)).terminal:
+        return
+    ml_client.jobs.begin_cancel(name)
 
 
 def job_info(job: Job, parameters: Mapping[str, ParamValue] | None = None) -> JobInfo:

@@ -18,7 +18,7 @@ Beyond the port, the local host uses:
   this only matters after a crash).
 * ``shutdown()`` on Ctrl-C: stop every child process, leaving the state for ``recover()``; a job
   that was training goes back to the queue and starts over then.
-* ``get_endpoint_key(name)``, ``cancel_job(name)``, and ``events.drain_events(data_dir)``.
+* ``get_endpoint_key(name)`` and ``events.drain_events(data_dir)``.
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ class LocalPlatform:
             raise NotFoundError(f"job {name} does not exist")
         return tracking.final_metrics(self.layout, job.mlflow_run_id) if job.mlflow_run_id else {}
 
-    def cancel_job(self, name: str) -> JobInfo:
-        return self.jobs.cancel(name)
+    def begin_cancel_job(self, name: str) -> None:
+        self.jobs.cancel(name)
 
     # --- Models ----------------------------------------------------------------------------
 
