@@ -213,3 +213,18 @@ def test_upload_to_idle_deletion_over_the_wire(azure, capsys: pytest.CaptureFixt
             print(f"  {phase}: {row['read']} reads, {row['write']} writes, {row['delete']} deletes")
         print("  reads of the first rollout: " + ", ".join(f"{route} x{n}" for route, n in reads.most_common()))
     assert table == documented(), f"docs/arm-calls.md is out of date: measured {table}"
+
+
+def test_a_base_model_missing_from_the_registry_stops_intake_with_the_setting_to_fix(azure) -> None:
+    """The SDK raises ValidationException (an empty version list) or a 404: neither is worth a retry."""
+    wire, services = azure
+    wire.emulator.registry_models.clear()
+    client = services.storage.blob(DATASET)
+    client.upload_blob(dataset(20), overwrite=True)
+    outcome = handle_upload(client, services)
+
+    assert outcome.action == "submit_failed"
+    record = services.runs.get(outcome.run_id)
+    assert record.state is RunState.SUBMIT_FAILED
+    assert "FTPILOT_BASE_MODEL" in record.reason and "Traceback" not in record.reason
+    assert not [s for s in wire.recorder.calls() if s.method == "PUT"]
