@@ -43,6 +43,12 @@ ENDPOINT = "ep-contract"
 SIZE = "Standard_NC24ads_A100_v4"
 
 
+def finetune(job: str) -> FineTuneRequest:
+    return FineTuneRequest(
+        job, "Phi-3-mini-4k-instruct", DataRef("datasets", "a/train.jsonl"), DataRef("datasets", "a/test.jsonl"), "chat"
+    )
+
+
 @dataclass
 class Harness:
     """An adapter, and how a test makes time pass and jobs complete on it."""
@@ -76,13 +82,7 @@ class Harness:
             self.backend.emulator.settle()
 
     def completed_job(self, name: str) -> str:
-        request = FineTuneRequest(
-            name,
-            "Phi-3-mini-4k-instruct",
-            DataRef("datasets", "a/train.jsonl"),
-            DataRef("datasets", "a/test.jsonl"),
-            "chat",
-        )
+        request = finetune(name)
         self.platform.submit_finetune(request)
         if self.name == "azure":
             self.backend.emulator.set_job_status(name, "Completed")
@@ -195,13 +195,7 @@ def test_traffic_on_what_does_not_exist_is_not_found(any_adapter: Harness) -> No
 
 def test_a_repeated_submission_returns_the_one_job(with_models: Harness) -> None:
     platform = with_models.platform
-    request = FineTuneRequest(
-        "ftpilot-job-1",
-        "Phi-3-mini-4k-instruct",
-        DataRef("datasets", "a/train.jsonl"),
-        DataRef("datasets", "a/test.jsonl"),
-        "chat",
-    )
+    request = finetune("ftpilot-job-1")
     first = platform.submit_finetune(request)
     again = platform.submit_finetune(request)
     assert (first.name, again.name) == ("ftpilot-job-1", "ftpilot-job-1")
@@ -210,13 +204,7 @@ def test_a_repeated_submission_returns_the_one_job(with_models: Harness) -> None
 
 def test_canceling_stops_a_job_and_leaves_an_ended_one_alone(with_models: Harness) -> None:
     platform = with_models.platform
-    request = FineTuneRequest(
-        "ftpilot-job-1",
-        "Phi-3-mini-4k-instruct",
-        DataRef("datasets", "a/train.jsonl"),
-        DataRef("datasets", "a/test.jsonl"),
-        "chat",
-    )
+    request = finetune("ftpilot-job-1")
     platform.submit_finetune(request)
     promptly(lambda: platform.begin_cancel_job("ftpilot-job-1"))
     with_models.settle_jobs()
