@@ -3,6 +3,10 @@
 One entity per run, keyed by the run id (derived from the content hash, so a redelivered
 trigger finds the same row). Every change is a read-modify-write guarded by the entity's
 ETag: two workers that race never overwrite each other; the loser re-reads and re-decides.
+
+The run's state machine is declared here once, as data (``TRANSITIONS``), and
+``RunStore.update`` checks every change of state against it: an illegal one is logged and
+refused, never written, whichever code path asked for it.
 """
 
 from __future__ import annotations
@@ -39,8 +43,67 @@ class RunState(StrEnum):
     SMOKE_TESTING = "smoke_testing"
     PROMOTING = "promoting"
     LIVE = "live"
+    ROLLING_BACK = "rolling_back"
     ROLLED_BACK = "rolled_back"
+    SUPERSEDED = "superseded"
     RETIRED = "retired"
+
+    @property
+    def settled(self) -> bool:
+        """Nothing will happen to the run unless something new arrives: terminal, or live."""
+        return self in TERMINAL or self is RunState.LIVE
+
+    @property
+    def terminal(self) -> bool:
+        """Nothing moves the run on from here (a re-upload may resume ``submit_failed``)."""
+        return self in TERMINAL
+
+    @property
+    def failure(self) -> bool:
+        """Ended without a model serving: ``reason`` says why."""
+        return self in FAILURES
+
+    @property
+    def rolling_out(self) -> bool:
+        """The run is changing its endpoint's deployments or traffic (it holds the endpoint's lease)."""
+        return self in ROLLOUT
+
+
+_S = RunState
+# Every legal change of state; staying in a state (a note in the history) is always legal.
+TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    _S.RECEIVED: frozenset({_S.INVALID, _S.SUBMITTED, _S.SUBMIT_FAILED}),
+    _S.SUBMIT_FAILED: frozenset({_S.SUBMITTED}),
+    _S.INVALID: frozenset(),
+    _S.SUBMITTED: frozenset({_S.TRAINING, _S.SUCCEEDED, _S.FAILED, _S.CANCELED, _S.SUPERSEDED}),
+    _S.TRAINING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELED, _S.SUPERSEDED}),
+    _S.SUCCEEDED: frozenset({_S.REGISTERED, _S.FAILED, _S.SUPERSEDED}),
+    _S.REGISTERED: frozenset({_S.DEPLOYING, _S.FAILED, _S.SUPERSEDED}),
+    _S.DEPLOYING: frozenset({_S.SMOKE_TESTING, _S.ROLLING_BACK}),
+    _S.SMOKE_TESTING: frozenset({_S.PROMOTING, _S.ROLLING_BACK}),
+    _S.PROMOTING: frozenset({_S.LIVE, _S.ROLLING_BACK}),
+    _S.ROLLING_BACK: frozenset({_S.ROLLED_BACK, _S.SUPERSEDED}),
+    _S.LIVE: frozenset({_S.RETIRED}),
+    _S.ROLLED_BACK: frozenset(),
+    _S.SUPERSEDED: frozenset(),
+    _S.FAILED: frozenset(),
+    _S.CANCELED: frozenset(),
+    _S.RETIRED: frozenset(),
+}
+TERMINAL = frozenset({_S.INVALID, _S.SUBMIT_FAILED, _S.FAILED, _S.CANCELED, _S.ROLLED_BACK, _S.SUPERSEDED, _S.RETIRED})
+FAILURES = frozenset({_S.INVALID, _S.SUBMIT_FAILED, _S.FAILED, _S.CANCELED, _S.ROLLED_BACK})
+ROLLOUT = frozenset({_S.DEPLOYING, _S.SMOKE_TESTING, _S.PROMOTING, _S.ROLLING_BACK})
+# Before training ends: a run superseded here cancels its job.
+TRAINING = frozenset({_S.SUBMITTED, _S.TRAINING})
+
+
+class IllegalTransition(Exception):
+    """A change of state that ``TRANSITIONS`` does not allow."""
+
+
+def check_transition(before: RunState, after: RunState) -> None:
+    if after is not before and after not in TRANSITIONS[before]:
+        raise IllegalTransition(f"{before} -> {after} is not a legal transition")
 
 
 def now() -> str:
@@ -81,6 +144,12 @@ class RunRecord:
     phase_started_at: str = ""
     poll_token: str = ""
     poll_due_at: str = ""
+    waiting_for: str = ""
+    waiting_since: str = ""
+    checked_at: str = ""
+    transient_errors: int = 0
+    replaces: str = ""
+    ending: str = ""
     sweep_note: str = ""
     duplicates: list[str] = field(default_factory=list)
     created_at: str = field(default_factory=now)
@@ -88,13 +157,18 @@ class RunRecord:
     history: list[dict[str, str]] = field(default_factory=list)
 
     def moved(self, state: RunState, note: str = "", **changes: Any) -> RunRecord:
-        """A copy in ``state`` with ``changes`` applied and the step appended to its history."""
+        """A copy in ``state`` with ``changes`` applied and the step appended to its history.
+
+        A step that moves the run has succeeded, so the last error, the wait and the count of
+        transient errors are cleared (unless ``changes`` sets them).
+        """
         stamp = now()
         entry = {"at": stamp, "state": str(state)}
         if note:
             entry["note"] = note
         history = [*self.history, entry][-HISTORY_LIMIT:]
-        return replace(self, state=state, updated_at=stamp, history=history, **changes)
+        cleared: dict[str, Any] = {"last_error": "", "waiting_for": "", "waiting_since": "", "transient_errors": 0}
+        return replace(self, state=state, updated_at=stamp, history=history, **{**cleared, **changes})
 
     def to_entity(self) -> dict[str, Any]:
         data = asdict(self)
@@ -111,6 +185,7 @@ class RunRecord:
             if key in known and key != "run_id":
                 values[key] = json.loads(value) if key in _JSON_FIELDS else value
         values["state"] = RunState(values.get("state", RunState.RECEIVED))
+        values["transient_errors"] = int(values.get("transient_errors") or 0)
         return cls(**values)
 
 
@@ -164,6 +239,11 @@ class RunStore:
             if updated is None or updated == current:
                 return current
             try:
+                check_transition(current.state, updated.state)
+            except IllegalTransition as error:
+                log.error("run %s: refused to write %s", run_id, error)
+                return current
+            try:
                 self._table.update_entity(
                     updated.to_entity(),
                     mode=UpdateMode.REPLACE,
@@ -178,4 +258,18 @@ class RunStore:
 
     def all(self) -> Iterable[RunRecord]:
         for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}'"):
+            yield RunRecord.from_entity(entity)
+
+    def on_endpoint(self, endpoint: str) -> list[RunRecord]:
+        """The runs that have rolled out to ``endpoint``, read now (one filtered query)."""
+        entities = self._table.query_entities(
+            "PartitionKey eq @partition and endpoint eq @endpoint",
+            parameters={"partition": PARTITION, "endpoint": endpoint},
+        )
+        return [RunRecord.from_entity(entity) for entity in entities]
+
+    def unsettled(self) -> Iterable[RunRecord]:
+        """Runs neither terminal nor live, streamed page by page (the table filters them)."""
+        clauses = " and ".join(f"state ne '{state}'" for state in sorted({*TERMINAL, RunState.LIVE}))
+        for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}' and {clauses}"):
             yield RunRecord.from_entity(entity)

@@ -8,8 +8,6 @@ from typing import Any
 
 from shared.runs import RunRecord, RunState
 
-FAILED_STATES = {RunState.INVALID, RunState.SUBMIT_FAILED, RunState.FAILED, RunState.CANCELED, RunState.ROLLED_BACK}
-
 
 @dataclass(frozen=True)
 class StatusRow:
@@ -21,11 +19,19 @@ class StatusRow:
     endpoint: str
     last_activity: str
     reason: str
+    waiting_for: str
+    waiting_since: str
     metrics: dict[str, float]
 
     @classmethod
     def of(cls, record: RunRecord) -> StatusRow:
-        reason = record.reason if record.state in FAILED_STATES else ""
+        """A run's row: why it ended, if it ended; what it waits for, and since when, if it waits.
+
+        ``last_error`` is shown only while it is news: a step that succeeds clears it.
+        """
+        ended = record.state.terminal or record.state is RunState.ROLLING_BACK
+        reason = record.reason if ended else ""
+        waits = not record.state.terminal and record.state is not RunState.LIVE
         return cls(
             run_id=record.run_id,
             dataset=record.dataset,
@@ -35,6 +41,8 @@ class StatusRow:
             endpoint=record.endpoint,
             last_activity=record.updated_at,
             reason=reason or record.last_error,
+            waiting_for=record.waiting_for if waits else "",
+            waiting_since=record.waiting_since if waits else "",
             metrics=dict(record.metrics),
         )
 
@@ -49,10 +57,12 @@ def render(table_rows: list[StatusRow]) -> Any:
     from rich.table import Table
 
     table = Table(title="ftpilot runs", show_lines=False)
-    for column in ("run", "dataset", "state", "job", "model", "endpoint", "last activity", "reason"):
+    for column in ("run", "dataset", "state", "job", "model", "endpoint", "last activity", "waiting for", "reason"):
         table.add_column(column, overflow="fold")
     for row in table_rows:
-        style = "red" if row.state in {str(s) for s in FAILED_STATES} else ("green" if row.state == "live" else None)
+        failed = RunState(row.state).failure
+        style = "red" if failed else ("green" if row.state == "live" else None)
+        waiting = f"{row.waiting_for} (since {row.waiting_since})" if row.waiting_for else ""
         table.add_row(
             row.run_id[:8],
             row.dataset,
@@ -61,6 +71,7 @@ def render(table_rows: list[StatusRow]) -> Any:
             row.model,
             row.endpoint,
             row.last_activity,
+            waiting,
             row.reason,
             style=style,
         )

@@ -34,7 +34,6 @@ DEMO_SETTINGS = {
     "FTPILOT_FINETUNE_PARAMETERS": '{"learning_rate": 0.002}',
 }
 SCORING_EXAMPLE = json.dumps(scoring_request([{"role": "user", "content": "Hi!"}], {}))
-END_STATES = {RunState.INVALID, RunState.SUBMIT_FAILED, RunState.FAILED, RunState.CANCELED, RunState.ROLLED_BACK}
 
 
 class DemoFailed(Exception):
@@ -56,7 +55,7 @@ def _wait_for(
         record = host.services.runs.get(run_id) if host.services else None
         if record is not None and done(record):
             return record
-        if record is not None and record.state in END_STATES:
+        if record is not None and record.state.failure:
             raise DemoFailed(f"run {run_id} ended {record.state}: {record.reason}")
         time.sleep(1)
     raise DemoFailed(f"{what} did not happen within {timeout_s:.0f} s")
@@ -100,7 +99,7 @@ def run_demo(dataset: Path | None, out: Callable[[str], None] = print, timeout_s
         services.storage.blob(name).upload_blob(content, overwrite=True)
         out(f"Uploaded {len(content):,} bytes to {settings.intake_container}/{name}\n")
 
-        from shared.intake import run_id_for
+        from shared.naming import run_id_for
 
         run_id = run_id_for(hashlib.sha256(content).hexdigest())  # what intake's validation hashes
         live = _wait_for(host, run_id, lambda r: r.state is RunState.LIVE, timeout_s, "going live")
