@@ -35,8 +35,7 @@ from bench import arguments, azurite, header, machine, publish, services_on
 from shared.azurite import Azurite
 from shared.cleanup import sweep
 from shared.config import Settings
-from shared.intake import job_name_for, run_id_for
-from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE, endpoint_name
+from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE, endpoint_name, job_name, run_id_for
 from shared.platform.port import EndpointInfo
 from shared.runs import RunRecord, RunState
 from tests.fakes.platform import FakePlatform
@@ -97,7 +96,7 @@ def run_sweep(server: Azurite, endpoints: int, concurrency: int) -> Sweep:
         )
         sha256 = hashlib.sha256(dataset.encode()).hexdigest()
         run_id = run_id_for(sha256)
-        record = RunRecord(run_id=run_id, dataset=dataset, sha256=sha256, job_name=job_name_for(run_id), endpoint=name)
+        record = RunRecord(run_id=run_id, dataset=dataset, sha256=sha256, job_name=job_name(run_id), endpoint=name)
         services.runs.claim(record.moved(RunState.SMOKE_TESTING if kind == "rolling" else RunState.LIVE))
 
     with ThreadPoolExecutor(8) as pool:

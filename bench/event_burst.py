@@ -42,7 +42,7 @@ from azure.storage.queue import QueueClient
 from bench import Latency, arguments, azurite, header, machine, publish, services_on
 from functions.rollout import run_events
 from shared.events import workspace_topic
-from shared.intake import job_name_for, run_id_for
+from shared.naming import job_name, run_id_for
 from shared.runs import PARTITION, RunRecord, RunState
 from shared.services import Services
 from tests.events import delivered, run_event
@@ -66,8 +66,8 @@ def submitted_runs(services: Services, count: int) -> list[str]:
         sha256 = hashlib.sha256(f"bench dataset {index}".encode()).hexdigest()
         run_id = run_id_for(sha256)
         record = RunRecord(run_id=run_id, dataset=f"incoming/chat-{index}.jsonl", sha256=sha256)
-        services.runs.claim(record.moved(RunState.SUBMITTED, job_name=job_name_for(run_id)))
-        return job_name_for(run_id)
+        services.runs.claim(record.moved(RunState.SUBMITTED, job_name=job_name(run_id)))
+        return job_name(run_id)
 
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(claim, range(count)))
@@ -84,7 +84,7 @@ def burst_events(topic: str, jobs: Sequence[str], count: int, rng: random.Random
         "foreign topic": lambda: run_event(foreign, rng.choice(jobs), event_id=str(uuid.uuid4())),
         "not ftpilot's": lambda: run_event(topic, f"AutoML_{uuid.uuid4()}", event_id=str(uuid.uuid4())),
         "no record": lambda: run_event(
-            topic, job_name_for(run_id_for(uuid.uuid4().hex)), rng.choice(STATUSES), event_id=str(uuid.uuid4())
+            topic, job_name(run_id_for(uuid.uuid4().hex)), rng.choice(STATUSES), event_id=str(uuid.uuid4())
         ),
     }
     events = [(kind, makers[kind]()) for kind, share in MIX.items() for _ in range(round(share * count))]

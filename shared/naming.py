@@ -17,7 +17,29 @@ MANAGED_TAG = "managed-by"
 MANAGED_VALUE = "ftpilot"
 RUN_TAG = "ftpilot-run"
 DATASET_TAG = "ftpilot-dataset"
+JOB_TAG = "ftpilot-job"
+SHA256_TAG = "ftpilot-sha256"
 KEEP_TAG = "ftpilot-keep"
+
+JOB_PREFIX = "ftpilot-"
+RUN_ID_LENGTH = 20
+# What ftpilot's job names look like; anything else in an event is not ours (and never a table key).
+JOB_NAME = re.compile(rf"{JOB_PREFIX}([0-9a-f]{{{RUN_ID_LENGTH}}})")
+
+
+def run_id_for(sha256: str, sidecar_sha256: str = "") -> str:
+    """Runs are identified by what is trained on, not by the file name."""
+    return hashlib.sha256(f"{sha256}:{sidecar_sha256}".encode()).hexdigest()[:RUN_ID_LENGTH]
+
+
+def job_name(run_id: str) -> str:
+    return f"{JOB_PREFIX}{run_id}"
+
+
+def run_id_of_job(name: str) -> str | None:
+    """The run id in one of ftpilot's job names, or None when ``name`` is not one."""
+    match = JOB_NAME.fullmatch(name)
+    return match.group(1) if match else None
 
 
 def _slug(text: str) -> str:
