@@ -9,7 +9,6 @@ The uploaded blob is only ever read (pinned to the ETag seen first), never chang
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shared.blobnames import Kind, Upload, classify, dataset_label, report_names, sidecar_name
+from shared.naming import DATASET_TAG, RUN_TAG, SHA256_TAG, job_name, run_id_for
 from shared.platform.port import DataRef, FineTuneRequest, PlatformConfigError
-from shared.runs import RunRecord, RunState
+from shared.runs import RunRecord, RunState, now
 from shared.services import Services
 from shared.storage import BlockWriter
 from shared.validation import Report, ValidationOptions, iter_lines, validate_chunks
@@ -57,15 +57,6 @@ class _PinnedBlob:
 
     def chunks(self) -> Any:
         return self.client.download_blob(etag=self.etag, match_condition=self._condition).chunks()
-
-
-def run_id_for(sha256: str, sidecar_sha256: str = "") -> str:
-    """Runs are identified by what is trained on, not by the file name."""
-    return hashlib.sha256(f"{sha256}:{sidecar_sha256}".encode()).hexdigest()[:20]
-
-
-def job_name_for(run_id: str) -> str:
-    return f"ftpilot-{run_id}"
 
 
 def dataset_parameters(metadata: dict[str, str]) -> dict[str, str]:
@@ -183,26 +174,26 @@ def _submit(
     run_id = record.run_id
     train_path, test_path = _prepare(record, main, sidecar, services)
     request = FineTuneRequest(
-        job_name=job_name_for(run_id),
+        job_name=job_name(run_id),
         base_model=settings.base_model,
         train=DataRef(settings.intake_container, train_path),
         test=DataRef(settings.intake_container, test_path),
         dataset_label=dataset_label(upload.name),
         parameters=dataset_parameters(main.metadata),
-        tags={"ftpilot-run": run_id, "ftpilot-dataset": upload.name[:256], "ftpilot-sha256": record.sha256},
+        tags={RUN_TAG: run_id, DATASET_TAG: upload.name[:256], SHA256_TAG: record.sha256},
     )
     try:
         job = services.platform.submit_finetune(request)
     except PlatformConfigError as error:
         # Retrying cannot help until someone fixes the setting or the workspace: record and stop.
         reason = str(error)
-        services.runs.update(run_id, lambda r: r.moved(RunState.SUBMIT_FAILED, reason=reason))
+        if _failed(services, run_id, reason).state is not RunState.SUBMIT_FAILED:
+            return Outcome(upload.name, "already", run_id, reason="a duplicate upload submitted it")
         log.error("intake: run %s not submitted: %s", run_id, reason)
         return Outcome(upload.name, "submit_failed", run_id, reason=reason)
     except Exception as error:
         # Possibly transient: record it, then let the host retry the trigger.
-        reason = f"{type(error).__name__}: {error}"
-        services.runs.update(run_id, lambda r: r.moved(RunState.SUBMIT_FAILED, reason=reason))
+        _failed(services, run_id, f"{type(error).__name__}: {error}")
         raise
 
     def submitted(current: RunRecord) -> RunRecord | None:
@@ -214,11 +205,19 @@ def _submit(
             job_name=job.name,
             parameters=dict(job.parameters),
             reason="",
+            phase_started_at=now(),
         )
 
     services.runs.update(run_id, submitted)
     log.info("intake: run %s submitted as job %s", run_id, job.name)
     return Outcome(upload.name, "submitted", run_id, job.name)
+
+
+def _failed(services: Services, run_id: str, reason: str) -> RunRecord:
+    """Record a failed submit, unless another worker (a duplicate upload) has submitted the run meanwhile."""
+    return services.runs.update(
+        run_id, lambda r: r.moved(RunState.SUBMIT_FAILED, reason=reason) if r.state in RESUMABLE else None
+    )
 
 
 def _prepare(record: RunRecord, main: _PinnedBlob, sidecar: _PinnedBlob | None, services: Services) -> tuple[str, str]:
