@@ -75,6 +75,28 @@ class Settings(BaseSettings):
     poll_interval_s: int = Field(60, ge=0, description="Delay before re-checking a long-running operation.")
     deploy_timeout_s: int = Field(5400, gt=0, description="Give up on an endpoint or deployment after this long.")
     smoke_timeout_s: float = Field(90, gt=0, description="Timeout of the smoke-test request.")
+    smoke_attempts: int = Field(3, ge=1, description="Smoke-test tries on transient errors before rolling back.")
+    max_training_s: int = Field(
+        172800, gt=0, description="Cancel a fine-tuning job still running after this long, and fail its run."
+    )
+    retry_base_s: float = Field(
+        5, ge=0, description="First delay after a transient platform error; doubles per error, with jitter."
+    )
+    retry_cap_s: float = Field(600, ge=0, description="Longest delay between retries of transient platform errors.")
+
+    # Reconciler: what events and messages missed.
+    reconcile_schedule: str = Field("0 */5 * * * *", description="NCRONTAB schedule of the reconciler.")
+    reconcile_training_s: int = Field(
+        900, ge=0, description="Check a training run against the platform when nothing was heard of it this long."
+    )
+    reconcile_rollout_s: int = Field(
+        600, ge=0, description="Re-queue a rollout whose scheduled re-check is this much overdue."
+    )
+    reconcile_intake_s: int = Field(
+        3600, ge=0, description="Run intake again for an upload received this long ago and never submitted."
+    )
+    reconcile_batch: int = Field(500, ge=1, description="Most runs one reconciler tick looks at.")
+    reconcile_concurrency: int = Field(8, ge=1, description="Runs the reconciler checks at once.")
 
     # Cleanup: idle endpoints ftpilot manages.
     cleanup_schedule: str = Field("0 */15 * * * *", description="NCRONTAB schedule of the idle sweep.")

@@ -10,14 +10,23 @@ Two entry points, one per function:
 
 Every step reads the platform's actual state and looks before it creates, so a repeated,
 late, duplicated or out-of-order message, or a worker killed between two steps, converges
-on the same end: one model version, one live deployment, nothing left billing. At most one
-chain of re-check messages runs per run: the record holds its token, and messages carrying
-a stale token are dropped.
+on the same end: one model version, one live deployment, nothing left billing.
+
+At most one chain of re-check messages runs per run: the record holds its token, and a
+message carrying another token is dropped. The next message is sent *before* its token is
+written, so a failed send or a kill between the two leaves the current message to be
+redelivered (it still matches the record) instead of a record waiting for a message that
+never comes; the reconciler re-queues whatever is overdue all the same.
+
+Only the run holding its endpoint's lease (``shared.leases``) changes that endpoint; a run
+overtaken by a newer upload steps aside and ends ``superseded``. Anything a run built is
+unwound from any rollout state: traffic goes back first, then deletion.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -27,14 +36,17 @@ from typing import Any
 import orjson
 
 from shared.events import EventError, ignore_reason, parse
+from shared.leases import Grant, Leases, order
 from shared.naming import (
     DATASET_TAG,
+    JOB_TAG,
     MANAGED_TAG,
     MANAGED_VALUE,
     RUN_TAG,
     deployment_name,
     endpoint_name,
     model_name,
+    run_id_of_job,
 )
 from shared.platform.port import (
     DeploymentRequest,
@@ -44,18 +56,17 @@ from shared.platform.port import (
     PlatformConfigError,
     PlatformError,
     ProvisioningState,
+    TransientError,
 )
-from shared.runs import RunRecord, RunState, age_s, now
+from shared.runs import TRAINING, RunRecord, RunState, age_s, now
 from shared.services import Services
 from shared.validation import iter_lines
 
 log = logging.getLogger(__name__)
 
-JOB_PREFIX = "ftpilot-"
 SMOKE_PARAMETERS = {"temperature": 0.6, "top_p": 0.9, "do_sample": True, "max_new_tokens": 200}
 # A scheduled re-check counts as lost when it is this late; an event may then start a new chain.
 POLL_GRACE_S = 300
-ROLLOUT_STATES = {RunState.DEPLOYING, RunState.SMOKE_TESTING, RunState.PROMOTING}
 
 
 @dataclass(frozen=True)
@@ -76,20 +87,22 @@ def accept_event(raw: Mapping[str, Any], services: Services) -> Result:
         log.warning("rollout: unreadable event dropped: %s", error)
         return Result("dropped", reason=str(error))
     reason = ignore_reason(event, services.settings.topic)
-    if not reason and not event.run_id.startswith(JOB_PREFIX):
-        reason = f"run {event.run_id} was not submitted by ftpilot"
-    record = None if reason else services.runs.get(event.run_id.removeprefix(JOB_PREFIX))
+    run_id = run_id_of_job(event.run_id)
+    if not reason and run_id is None:  # checked before the id gets anywhere near a table key
+        reason = f"run {event.run_id[:100]!r} is not one of ftpilot's job names"
+    record = None if reason or run_id is None else services.runs.get(run_id)
     if not reason and (record is None or record.job_name != event.run_id):
         reason = f"no run record for job {event.run_id}"
     if reason or record is None:
         log.info("rollout: event %s dropped: %s", event.id, reason)
         return Result("dropped", reason=reason)
-    _send(services, {"run_id": record.run_id, "event": event.id, "status": event.status})
+    send(services, {"run_id": record.run_id, "event": event.id, "status": event.status})
     log.info("rollout: event %s (%s %s) queued for run %s", event.id, event.run_id, event.status, record.run_id)
     return Result("queued", record.run_id)
 
 
-def _send(services: Services, message: Mapping[str, Any], delay_s: int = 0) -> None:
+def send(services: Services, message: Mapping[str, Any], delay_s: int = 0) -> None:
+    """Put a message for the rollout worker on its queue, visible after ``delay_s``."""
     services.storage.queue.send_message(orjson.dumps(message), visibility_timeout=delay_s or None)
 
 
@@ -97,11 +110,17 @@ def _send(services: Services, message: Mapping[str, Any], delay_s: int = 0) -> N
 
 
 class _Wait(Exception):
-    """Raised inside a step: a long-running operation is under way; look again later."""
+    """Raised inside a step: the platform has to move first.
 
-    def __init__(self, note: str) -> None:
+    ``recheck`` schedules the run's next check after ``delay_s`` (default: the poll interval);
+    without it the run waits for an event (the reconciler looks if none comes).
+    """
+
+    def __init__(self, note: str, *, recheck: bool = True, delay_s: float | None = None) -> None:
         super().__init__(note)
         self.note = note
+        self.recheck = recheck
+        self.delay_s = delay_s
 
 
 def advance(body: bytes | str, services: Services) -> Result:
@@ -118,9 +137,11 @@ def advance(body: bytes | str, services: Services) -> Result:
     try:
         return _run_steps(record, services)
     except _Wait as wait:
-        return _schedule(services, run_id, record.poll_token, wait.note)
+        return _wait(services, record, wait)
+    except TransientError as error:
+        return _retry_later(services, record, error)
     except PlatformConfigError as error:  # retrying cannot help: a setting must change
-        return _stop(services.runs.get(run_id) or record, services, f"cannot deploy: {error}")
+        return stop(services.runs.get(run_id) or record, services, f"cannot deploy: {error}")
     except Exception as error:
         # Remember why, for the poison handler, then let the queue redeliver.
         reason = f"{type(error).__name__}: {error}"
@@ -128,22 +149,62 @@ def advance(body: bytes | str, services: Services) -> Result:
         raise
 
 
-def _schedule(services: Services, run_id: str, expected: str, note: str) -> Result:
-    """Start (or continue) this run's one re-check chain."""
-    delay = services.settings.poll_interval_s
+def _wait(services: Services, record: RunRecord, wait: _Wait) -> Result:
+    """Note what the run waits for; schedule its next check when the wait is on a long-running operation."""
+    current = services.runs.get(record.run_id) or record
+    if not wait.recheck:
+        services.runs.update(record.run_id, lambda r: _waiting(r, wait.note, token="", due=""))
+        return Result("waiting", record.run_id, wait.note)
+    delay = services.settings.poll_interval_s if wait.delay_s is None else wait.delay_s
+    return schedule(services, current, record.poll_token, wait.note, delay)
+
+
+def _waiting(record: RunRecord, note: str, *, token: str, due: str) -> RunRecord:
+    stamp = now()
+    since = record.waiting_since if record.waiting_for == note else stamp
+    return replace(record, poll_token=token, poll_due_at=due, waiting_for=note, waiting_since=since, checked_at=stamp)
+
+
+def schedule(services: Services, record: RunRecord, expected: str, note: str, delay_s: float) -> Result:
+    """Continue this run's one re-check chain: send the next message, then record its token.
+
+    ``expected`` is the token the chain had when this worker read it: if another worker has
+    moved the chain on meanwhile, nothing is sent. A kill after the send leaves an extra
+    message whose token never gets written: it is dropped when it arrives.
+    """
+    if record.poll_token != expected:
+        return Result("dropped", record.run_id, "another worker scheduled the next check")
+    delay = max(0, round(delay_s))
     new = uuid.uuid4().hex
     due = (datetime.now(UTC) + timedelta(seconds=delay)).isoformat(timespec="seconds")
+    send(services, {"run_id": record.run_id, "token": new}, delay)
 
     def take(current: RunRecord) -> RunRecord | None:
-        if current.poll_token != expected:
-            return None
-        return replace(current, poll_token=new, poll_due_at=due)
+        return _waiting(current, note, token=new, due=due) if current.poll_token == expected else None
 
-    if services.runs.update(run_id, take).poll_token != new:
-        return Result("dropped", run_id, "another worker scheduled the next check")
-    _send(services, {"run_id": run_id, "token": new}, delay)
-    log.info("rollout: run %s waiting (%s); next check in %s s", run_id, note, delay)
-    return Result("waiting", run_id, note)
+    if services.runs.update(record.run_id, take).poll_token != new:
+        return Result("dropped", record.run_id, "another worker scheduled the next check")
+    log.info("rollout: run %s waiting (%s); next check in %s s", record.run_id, note, delay)
+    return Result("waiting", record.run_id, note)
+
+
+def backoff_s(services: Services, run_id: str, errors: int, retry_after_s: float | None) -> float:
+    """Exponential backoff with jitter (deterministic per run and try), at least ``Retry-After``."""
+    settings = services.settings
+    ceiling = min(settings.retry_cap_s, settings.retry_base_s * 2 ** max(0, errors - 1))
+    jittered = ceiling * random.Random(f"{run_id}:{errors}").uniform(0.5, 1.0)
+    return max(jittered, retry_after_s or 0.0)
+
+
+def _retry_later(services: Services, record: RunRecord, error: TransientError) -> Result:
+    """A transient platform error: count it and look again after a backoff; the phase's deadline bounds it."""
+    reason = f"transient: {error}"[:2000]
+    counted = services.runs.update(
+        record.run_id, lambda r: replace(r, last_error=reason, transient_errors=r.transient_errors + 1)
+    )
+    delay = backoff_s(services, record.run_id, counted.transient_errors, error.retry_after_s)
+    log.warning("rollout: run %s: %s; retrying in %.0f s", record.run_id, error, delay)
+    return schedule(services, counted, record.poll_token, f"retrying after a transient error ({error})", delay)
 
 
 def _run_steps(record: RunRecord, services: Services) -> Result:
@@ -151,27 +212,54 @@ def _run_steps(record: RunRecord, services: Services) -> Result:
         RunState.SUBMITTED: _check_job,
         RunState.TRAINING: _check_job,
         RunState.SUCCEEDED: _register,
-        RunState.REGISTERED: _deploy,
+        RunState.REGISTERED: _start_rollout,
         RunState.DEPLOYING: _deploy,
         RunState.SMOKE_TESTING: _smoke_test,
         RunState.PROMOTING: _promote,
+        RunState.ROLLING_BACK: _unwind,
     }
+    token = record.poll_token
     while (step := steps.get(record.state)) is not None:
         before = record.state
         step(record, services)
         record = services.runs.get(record.run_id) or record
-        if record.state is before:  # nothing more to do until the platform moves (next event)
+        if record.state is before:  # another worker holds this step; its chain goes on
             break
-    services.runs.update(record.run_id, lambda r: replace(r, poll_token="", poll_due_at="") if r.poll_token else None)
+    services.runs.update(
+        record.run_id, lambda r: replace(r, poll_token="", poll_due_at="") if r.poll_token == token != "" else None
+    )
     return Result("done", record.run_id, str(record.state))
 
 
-def _move(services: Services, record: RunRecord, to: RunState, note: str = "", **changes: Any) -> None:
+def _move(services: Services, record: RunRecord, to: RunState, note: str = "", **changes: Any) -> RunRecord:
     """Transition if the run is still where this worker found it; otherwise another worker moved it."""
-    services.runs.update(record.run_id, lambda r: r.moved(to, note, **changes) if r.state is record.state else None)
+    return services.runs.update(
+        record.run_id, lambda r: r.moved(to, note, **changes) if r.state is record.state else None
+    )
+
+
+def _champion_newer(record: RunRecord, services: Services) -> str:
+    """The id of a newer run that went live on this run's endpoint, or ''."""
+    lease = Leases(services.storage.table).get(endpoint_name(record.dataset))
+    return lease.champion if lease and lease.champion_order > order(record) else ""
+
+
+def supersede(record: RunRecord, services: Services, by: str) -> None:
+    """End a run that has not started rolling out because a newer one won; cancel its job if it trains."""
+    reason = f"superseded by the newer run {by}"
+    if record.state in TRAINING and record.job_name:
+        services.platform.begin_cancel_job(record.job_name)
+        reason += f"; job {record.job_name} canceled"
+    _move(services, record, RunState.SUPERSEDED, reason=reason)
+    Leases(services.storage.table).release(endpoint_name(record.dataset), record.run_id)
+    log.info("rollout: run %s %s", record.run_id, reason)
 
 
 def _check_job(record: RunRecord, services: Services) -> None:
+    newer = _champion_newer(record, services)
+    if newer:
+        supersede(record, services, newer)
+        return
     job = services.platform.get_job(record.job_name)
     if job is None:
         _move(services, record, RunState.FAILED, reason=f"job {record.job_name} does not exist in the workspace")
@@ -182,17 +270,27 @@ def _check_job(record: RunRecord, services: Services) -> None:
         _move(services, record, RunState.FAILED, reason=f"job {job.name} failed: {job.error or 'no error reported'}")
     elif job.status is JobStatus.CANCELED:
         _move(services, record, RunState.CANCELED, reason=f"job {job.name} was canceled")
+    elif age_s(record.phase_started_at or record.created_at) > services.settings.max_training_s:
+        services.platform.begin_cancel_job(job.name)
+        limit = services.settings.max_training_s
+        _move(services, record, RunState.FAILED, reason=f"job {job.name} ran past {limit} s; canceled")
     elif record.state is RunState.SUBMITTED:
         _move(services, record, RunState.TRAINING, f"job {job.name} {job.status}")
+    else:
+        raise _Wait(f"job {job.name} to finish (it is {job.status})", recheck=False)
 
 
 def _register(record: RunRecord, services: Services) -> None:
+    newer = _champion_newer(record, services)
+    if newer:
+        supersede(record, services, newer)
+        return
     request = ModelRequest(
         name=model_name(record.base_model or services.settings.base_model, record.dataset),
         run_id=record.run_id,
         job_name=record.job_name,
         description=f"{record.base_model} fine-tuned by ftpilot on {record.dataset} (job {record.job_name})",
-        tags={RUN_TAG: record.run_id, DATASET_TAG: record.dataset[:256], "ftpilot-job": record.job_name},
+        tags={RUN_TAG: record.run_id, DATASET_TAG: record.dataset[:256], JOB_TAG: record.job_name},
     )
     model = services.platform.register_model(request)
     _move(
@@ -205,24 +303,49 @@ def _register(record: RunRecord, services: Services) -> None:
     )
 
 
-def _deploy(record: RunRecord, services: Services) -> None:
-    """Endpoint, then a new deployment at 0% traffic; wait on each until it has provisioned."""
-    platform, settings = services.platform, services.settings
-    endpoint = record.endpoint or endpoint_name(record.dataset)
-    deployment = record.deployment or deployment_name(record.run_id)
-    if record.state is RunState.REGISTERED:
-        _move(
-            services,
-            record,
-            RunState.DEPLOYING,
-            f"endpoint {endpoint}, deployment {deployment}",
-            endpoint=endpoint,
-            deployment=deployment,
-            phase_started_at=now(),
-        )
+def _start_rollout(record: RunRecord, services: Services) -> None:
+    """Take the endpoint's lease, then start deploying; or wait behind an older run; or step aside."""
+    endpoint = endpoint_name(record.dataset)
+    leases = Leases(services.storage.table)
+    grant = leases.acquire(endpoint, record)
+    if grant is Grant.OVERTAKEN:
+        supersede(record, services, leases.overtaken(endpoint, record) or "a newer run")
         return
+    if grant is Grant.WAIT:
+        lease = leases.get(endpoint)
+        raise _Wait(f"run {lease.holder if lease else '?'} to finish its rollout on {endpoint}")
+    _move(
+        services,
+        record,
+        RunState.DEPLOYING,
+        f"endpoint {endpoint}, deployment {deployment_name(record.run_id)}",
+        endpoint=endpoint,
+        deployment=deployment_name(record.run_id),
+        phase_started_at=now(),
+    )
+
+
+def _hold_lease(record: RunRecord, services: Services) -> bool:
+    """Whether this rolling-out run may go on changing its endpoint; steps it aside when overtaken."""
+    leases = Leases(services.storage.table)
+    lease = leases.get(record.endpoint)
+    newer = leases.overtaken(record.endpoint, record)
+    if lease is not None and lease.holder == record.run_id and not newer:
+        return True
+    if not newer and leases.acquire(record.endpoint, record) is Grant.HELD:
+        return True  # the lease was released under it (by a reconciler that misjudged): taken back
+    roll_back(record, services, f"superseded by the newer run {newer or 'holding the endpoint'}", RunState.SUPERSEDED)
+    return False
+
+
+def _deploy(record: RunRecord, services: Services) -> None:
+    """The endpoint, then a new deployment at 0% traffic; wait on each until it has provisioned."""
+    platform, settings = services.platform, services.settings
+    if not _hold_lease(record, services):
+        return
+    endpoint, deployment = record.endpoint, record.deployment
     if age_s(record.phase_started_at) > settings.deploy_timeout_s:
-        _roll_back(record, services, f"deployment did not finish within {settings.deploy_timeout_s} s")
+        roll_back(record, services, f"deployment did not finish within {settings.deploy_timeout_s} s")
         return
 
     current = platform.get_endpoint(endpoint)
@@ -234,12 +357,12 @@ def _deploy(record: RunRecord, services: Services) -> None:
                 tags={MANAGED_TAG: MANAGED_VALUE, DATASET_TAG: record.dataset[:256]},
             )
         )
-        raise _Wait(f"creating endpoint {endpoint}")
+        raise _Wait(f"endpoint {endpoint} to be created")
     if current.state is ProvisioningState.FAILED:
-        _roll_back(record, services, f"endpoint {endpoint} failed to provision")
+        roll_back(record, services, f"endpoint {endpoint} failed to provision")
         return
     if not current.state.terminal:
-        raise _Wait(f"endpoint {endpoint} is {current.state}")
+        raise _Wait(f"endpoint {endpoint} to provision (it is {current.state})")
 
     state = platform.get_deployment(endpoint, deployment)
     if state is None:
@@ -255,13 +378,13 @@ def _deploy(record: RunRecord, services: Services) -> None:
                 base_model=record.base_model or settings.base_model,
             )
         )
-        raise _Wait(f"creating deployment {deployment}")
+        raise _Wait(f"deployment {deployment} to be created")
     if state.state is ProvisioningState.SUCCEEDED:
         _move(services, record, RunState.SMOKE_TESTING, f"deployment {deployment} provisioned")
     elif state.state.terminal:
-        _roll_back(record, services, f"deployment {deployment} {state.state}: {state.error or 'no error reported'}")
+        roll_back(record, services, f"deployment {deployment} {state.state}: {state.error or 'no error reported'}")
     else:
-        raise _Wait(f"deployment {deployment} is {state.state}")
+        raise _Wait(f"deployment {deployment} to provision (it is {state.state})")
 
 
 def _model_id(record: RunRecord, services: Services) -> str:
@@ -272,21 +395,42 @@ def _model_id(record: RunRecord, services: Services) -> str:
 
 
 def _smoke_test(record: RunRecord, services: Services) -> None:
-    """Ask the new deployment (directly, at 0% traffic) one question from the run's test split."""
+    """Ask the new deployment (directly, at 0% traffic) one question from the run's test split.
+
+    A transient failure (a 503 while the deployment warms up, a timeout) is retried after a
+    backoff, ``smoke_attempts`` tries in all, before it counts as a failed smoke test.
+    """
+    if not _hold_lease(record, services):
+        return
+    platform, settings = services.platform, services.settings
     payload = scoring_request(test_prompt(record, services), SMOKE_PARAMETERS)
     try:
-        answer = services.platform.invoke(
-            record.endpoint, record.deployment, payload, timeout_s=services.settings.smoke_timeout_s
-        )
+        answer = platform.invoke(record.endpoint, record.deployment, payload, timeout_s=settings.smoke_timeout_s)
+    except TransientError as error:
+        if record.transient_errors + 1 < settings.smoke_attempts:
+            raise
+        roll_back(record, services, f"smoke test failed {settings.smoke_attempts} times: {error}")
+        return
     except PlatformError as error:
-        _roll_back(record, services, f"smoke test failed: {error}")
+        roll_back(record, services, f"smoke test failed: {error}")
         return
     problem = _output_problem(answer)
     if problem:
-        _roll_back(record, services, f"smoke test failed: {problem}")
+        roll_back(record, services, f"smoke test failed: {problem}")
         return
-    services.platform.begin_set_traffic(record.endpoint, {record.deployment: 100})
-    _move(services, record, RunState.PROMOTING, "smoke test passed; moving traffic", phase_started_at=now())
+    endpoint = platform.get_endpoint(record.endpoint)
+    traffic = dict(endpoint.traffic) if endpoint else {}
+    serving = [
+        name for name, share in sorted(traffic.items(), key=lambda kv: -kv[1]) if share and name != record.deployment
+    ]
+    _move(
+        services,
+        record,
+        RunState.PROMOTING,
+        "smoke test passed; moving traffic",
+        phase_started_at=now(),
+        replaces=serving[0] if serving else "",
+    )
 
 
 def scoring_request(conversation: list[dict[str, str]], parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -316,35 +460,41 @@ def _output_problem(answer: Any) -> str:
 
 
 def _promote(record: RunRecord, services: Services) -> None:
-    """Once all traffic is on the new deployment, retire the ones it replaced."""
+    """All traffic to the new deployment; then retire the deployments and runs it replaced; then live.
+
+    The runs it replaced are retired before this one is recorded live, so a kill in between
+    resumes here and never leaves two live runs on one endpoint.
+    """
     platform, settings = services.platform, services.settings
     endpoint = platform.get_endpoint(record.endpoint)
     if endpoint is None:
-        _roll_back(record, services, f"endpoint {record.endpoint} disappeared while moving traffic")
+        roll_back(record, services, f"endpoint {record.endpoint} disappeared while moving traffic")
         return
     if not endpoint.state.terminal:
-        raise _Wait(f"endpoint {record.endpoint} is {endpoint.state}")
+        raise _Wait(f"endpoint {record.endpoint} to finish updating (it is {endpoint.state})")
     if dict(endpoint.traffic).get(record.deployment) != 100:
         if age_s(record.phase_started_at) > settings.deploy_timeout_s:
-            _roll_back(record, services, "traffic did not move to the new deployment in time")
+            roll_back(record, services, "traffic did not move to the new deployment in time")
             return
         platform.begin_set_traffic(record.endpoint, {record.deployment: 100})
-        raise _Wait("moving traffic")
-    retired = [d.name for d in platform.list_deployments(record.endpoint) if d.name != record.deployment]
-    for name in retired:
-        platform.begin_delete_deployment(record.endpoint, name)
-    _move(
-        services,
-        record,
-        RunState.LIVE,
-        f"live on {record.endpoint}" + (f"; retired {', '.join(retired)}" if retired else ""),
-    )
-    _retire_previous_runs(record, services, retired)
+        raise _Wait(f"traffic to move to {record.deployment}")
+    others = [d for d in platform.list_deployments(record.endpoint) if d.name != record.deployment]
+    rolling = {r.deployment for r in services.runs.all() if r.endpoint == record.endpoint and r.state.rolling_out}
+    retiring = [d for d in others if d.name not in rolling]
+    for deployment in retiring:
+        if deployment.state is not ProvisioningState.DELETING:
+            platform.begin_delete_deployment(record.endpoint, deployment.name)
+    if retiring:
+        raise _Wait(f"the replaced deployments {', '.join(d.name for d in retiring)} to be deleted")
+    _retire_previous_runs(record, services)
+    live = _move(services, record, RunState.LIVE, f"live on {record.endpoint}")
+    Leases(services.storage.table).release(record.endpoint, record.run_id, champion=live)
+    _supersede_older(live, services)
 
 
-def _retire_previous_runs(record: RunRecord, services: Services, retired: list[str]) -> None:
+def _retire_previous_runs(record: RunRecord, services: Services) -> None:
     for other in services.runs.all():
-        if other.run_id != record.run_id and other.endpoint == record.endpoint and other.deployment in retired:
+        if other.run_id != record.run_id and other.endpoint == record.endpoint and other.state is RunState.LIVE:
             services.runs.update(
                 other.run_id,
                 lambda r: (
@@ -353,18 +503,62 @@ def _retire_previous_runs(record: RunRecord, services: Services, retired: list[s
             )
 
 
-def _roll_back(record: RunRecord, services: Services, reason: str) -> None:
-    """Remove what this run created and leave the traffic as it was."""
+def _supersede_older(live: RunRecord, services: Services) -> None:
+    """Older uploads of this dataset that have not started rolling out will never serve: end them now."""
+    mine = order(live)
+    for other in services.runs.all():
+        if (
+            other.run_id != live.run_id
+            and endpoint_name(other.dataset) == live.endpoint
+            and not other.state.terminal
+            and not other.state.rolling_out
+            and other.state is not RunState.RECEIVED
+            and order(other) < mine
+        ):
+            supersede(other, services, live.run_id)
+
+
+def roll_back(record: RunRecord, services: Services, reason: str, ending: RunState = RunState.ROLLED_BACK) -> None:
+    """Start unwinding what this run built; it ends in ``ending`` once traffic is back and its deployment gone."""
+    log.warning("rollout: run %s unwinding (%s): %s", record.run_id, ending, reason)
+    moved = _move(services, record, RunState.ROLLING_BACK, reason=reason, ending=str(ending))
+    if moved.state is RunState.ROLLING_BACK:
+        _unwind(moved, services)
+
+
+def _unwind(record: RunRecord, services: Services) -> None:
+    """Traffic back to the deployment this run replaced (if it still exists), then delete what it built."""
     platform = services.platform
-    if record.deployment:
-        platform.begin_delete_deployment(record.endpoint, record.deployment)
     endpoint = platform.get_endpoint(record.endpoint) if record.endpoint else None
     if endpoint is not None:
-        others = [d for d in platform.list_deployments(record.endpoint) if d.name != record.deployment]
+        if not endpoint.state.terminal:
+            raise _Wait(f"endpoint {record.endpoint} to finish {endpoint.state} before unwinding")
+        deployments = {d.name: d for d in platform.list_deployments(record.endpoint)}
+        others = [name for name in deployments if name != record.deployment]
         if not others:  # created for this run and serves nothing else: do not leave it behind
             platform.begin_delete_endpoint(record.endpoint)
-    log.warning("rollout: run %s rolled back: %s", record.run_id, reason)
-    _move(services, record, RunState.ROLLED_BACK, reason=reason)
+            raise _Wait(f"endpoint {record.endpoint} to be deleted")
+        if dict(endpoint.traffic).get(record.deployment):
+            back = _previous(record, services, others)
+            platform.begin_set_traffic(record.endpoint, {back: 100} if back else {record.deployment: 0})
+            raise _Wait(f"traffic to go back to {back}" if back else "traffic to stop")
+        mine = deployments.get(record.deployment)
+        if mine is not None:
+            if mine.state is not ProvisioningState.DELETING:
+                platform.begin_delete_deployment(record.endpoint, record.deployment)
+            raise _Wait(f"deployment {record.deployment} to be deleted")
+    ending = RunState(record.ending or RunState.ROLLED_BACK)
+    _move(services, record, ending, reason=record.reason)
+    Leases(services.storage.table).release(record.endpoint, record.run_id)
+    log.warning("rollout: run %s %s: %s", record.run_id, ending, record.reason)
+
+
+def _previous(record: RunRecord, services: Services, deployments: list[str]) -> str:
+    """The deployment that served before this run took the traffic: the one it replaced, or the live run's."""
+    if record.replaces in deployments:
+        return record.replaces
+    live = [r.deployment for r in services.runs.all() if r.endpoint == record.endpoint and r.state is RunState.LIVE]
+    return next((name for name in live if name in deployments), "")
 
 
 def give_up(body: bytes | str, services: Services) -> Result:
@@ -373,13 +567,27 @@ def give_up(body: bytes | str, services: Services) -> Result:
     record = services.runs.get(run_id)
     if record is None:
         return Result("dropped", run_id, "no run record")
-    return _stop(record, services, f"rollout gave up after repeated failures: {record.last_error or 'unknown error'}")
+    return stop(record, services, f"rollout gave up after repeated failures: {record.last_error or 'unknown error'}")
 
 
-def _stop(record: RunRecord, services: Services, reason: str) -> Result:
-    """End the run with ``reason``: roll back what a rollout built, or record the failure before it."""
-    if record.state in ROLLOUT_STATES:
-        _roll_back(record, services, reason)
-    elif record.state not in (RunState.LIVE, RunState.ROLLED_BACK, RunState.FAILED, RunState.CANCELED):
-        _move(services, record, RunState.FAILED, reason=reason)
+def stop(record: RunRecord, services: Services, reason: str) -> Result:
+    """End the run with ``reason``: unwind what a rollout built, or record the failure before it.
+
+    An unwinding that has to wait is handed to a re-check chain (and the reconciler); a run
+    already ended is left as it is.
+    """
+    if record.state.terminal or record.state is RunState.LIVE:
+        return Result("done", record.run_id, f"already {record.state}")
+    try:
+        if record.state is RunState.ROLLING_BACK:
+            _unwind(record, services)
+        elif record.state.rolling_out:
+            roll_back(record, services, reason)
+        else:
+            if record.state in TRAINING and record.job_name:
+                services.platform.begin_cancel_job(record.job_name)
+            _move(services, record, RunState.FAILED, reason=reason)
+            Leases(services.storage.table).release(endpoint_name(record.dataset), record.run_id)
+    except _Wait as wait:
+        return _wait(services, services.runs.get(record.run_id) or record, _Wait(wait.note))
     return Result("done", record.run_id, reason)

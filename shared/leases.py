@@ -1,0 +1,179 @@
+"""One rollout per endpoint at a time: an ETag-guarded lease record per endpoint.
+
+A run holds its endpoint's lease from the moment it starts deploying until it is live or has
+unwound what it built, so only one run at a time changes an endpoint's deployments or
+traffic. The newest upload wins: a run that asks while an older one holds the lease is noted
+as the contender (the holder sees it on its next step and steps aside); a run older than the
+holder, the contender or the endpoint's champion (the newest run that went live there) is
+overtaken and ends ``superseded``.
+
+The record lives in the run table (its own partition), so it costs no other resource and
+shares the table's conditional writes: every change is a read-modify-write on the ETag.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from shared.runs import now
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+    from shared.runs import RunRecord
+
+log = logging.getLogger(__name__)
+
+PARTITION = "lease"
+
+
+def order(record: RunRecord) -> str:
+    """Which upload is newer: later records sort higher (the run id breaks a tie in the same second)."""
+    return f"{record.created_at}|{record.run_id}"
+
+
+class Grant(StrEnum):
+    HELD = "held"  # the run holds the lease: it may change the endpoint
+    WAIT = "wait"  # an older run holds it and has been told to step aside; ask again later
+    OVERTAKEN = "overtaken"  # a newer run holds, awaits or won the endpoint: this one is superseded
+
+
+@dataclass(frozen=True)
+class Lease:
+    endpoint: str
+    holder: str = ""
+    holder_order: str = ""
+    contender: str = ""
+    contender_order: str = ""
+    champion: str = ""
+    champion_order: str = ""
+    since: str = ""  # when the holder took it
+
+    def newest_order(self) -> str:
+        return max(self.holder_order, self.contender_order, self.champion_order)
+
+
+class Leases:
+    def __init__(self, table: TableClient, attempts: int = 8) -> None:
+        self._table = table
+        self._attempts = attempts
+
+    def get(self, endpoint: str) -> Lease | None:
+        return self._read(endpoint)[0]
+
+    def _read(self, endpoint: str) -> tuple[Lease | None, str]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self._table.get_entity(PARTITION, endpoint)
+        except ResourceNotFoundError:
+            return None, ""
+        return _lease_of(entity), entity.metadata["etag"]
+
+    def _change(self, endpoint: str, decide: Any) -> Lease:
+        """Apply ``decide(current or None) -> new Lease | None`` under the record's ETag."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+        from azure.data.tables import UpdateMode
+
+        for _ in range(self._attempts):
+            current, etag = self._read(endpoint)
+            new = decide(current)
+            if new is None or new == current:
+                return current or Lease(endpoint)
+            entity = {"PartitionKey": PARTITION, "RowKey": endpoint, **asdict(new)}
+            entity.pop("endpoint")
+            try:
+                if current is None:
+                    self._table.create_entity(entity)
+                else:
+                    self._table.update_entity(
+                        entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                    )
+            except (ResourceExistsError, ResourceModifiedError):
+                continue
+            return new
+        raise RuntimeError(f"lease on {endpoint}: gave up after {self._attempts} concurrent changes")
+
+    def acquire(self, endpoint: str, record: RunRecord) -> Grant:
+        """Take the endpoint for ``record``, queue behind an older holder, or learn it was overtaken."""
+        mine = order(record)
+
+        def decide(lease: Lease | None) -> Lease | None:
+            lease = lease or Lease(endpoint)
+            if lease.holder == record.run_id or mine < lease.newest_order():
+                return None
+            if not lease.holder:
+                return replace(
+                    lease, holder=record.run_id, holder_order=mine, contender="", contender_order="", since=now()
+                )
+            return replace(lease, contender=record.run_id, contender_order=mine)
+
+        lease = self._change(endpoint, decide)
+        if lease.holder == record.run_id:
+            return Grant.HELD
+        if lease.contender == record.run_id:
+            log.info("lease %s: run %s waits for run %s to step aside", endpoint, record.run_id, lease.holder)
+            return Grant.WAIT
+        return Grant.OVERTAKEN
+
+    def hold(self, endpoint: str, holder: str) -> bool:
+        """Take a free endpoint for something other than a run (the idle sweep deleting it).
+
+        Such a holder has no upload order, so every run that asks becomes the contender and
+        waits until it lets go.
+        """
+
+        def decide(lease: Lease | None) -> Lease | None:
+            lease = lease or Lease(endpoint)
+            if lease.holder or lease.contender:
+                return None
+            return replace(lease, holder=holder, holder_order="", since=now())
+
+        return self._change(endpoint, decide).holder == holder
+
+    def overtaken(self, endpoint: str, record: RunRecord) -> str:
+        """The newer run that wants or won the endpoint ``record`` is rolling out to, or ''."""
+        lease = self.get(endpoint)
+        if lease is None:
+            return ""
+        mine = order(record)
+        for run_id, theirs in (
+            (lease.contender, lease.contender_order),
+            (lease.champion, lease.champion_order),
+            (lease.holder, lease.holder_order),
+        ):
+            if run_id and run_id != record.run_id and theirs > mine:
+                return run_id
+        return ""
+
+    def release(self, endpoint: str, run_id: str, *, champion: RunRecord | None = None) -> None:
+        """Give the endpoint up: a no-op unless ``run_id`` holds it or waits for it.
+
+        ``champion``: the run that went live there, which every older run now loses to.
+        """
+
+        def decide(lease: Lease | None) -> Lease | None:
+            if lease is None:
+                return None
+            changed = lease
+            if champion is not None and order(champion) > lease.champion_order:
+                changed = replace(changed, champion=champion.run_id, champion_order=order(champion))
+            if lease.holder == run_id:
+                changed = replace(changed, holder="", holder_order="", since="")
+            if lease.contender == run_id:
+                changed = replace(changed, contender="", contender_order="")
+            return changed
+
+        self._change(endpoint, decide)
+
+    def all(self) -> list[Lease]:
+        return [_lease_of(entity) for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}'")]
+
+
+def _lease_of(entity: dict[str, Any]) -> Lease:
+    known = set(Lease.__dataclass_fields__) - {"endpoint"}
+    return Lease(endpoint=entity["RowKey"], **{k: str(v) for k, v in entity.items() if k in known})
