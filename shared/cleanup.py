@@ -2,23 +2,29 @@
 
 An endpoint is a candidate only if it carries ftpilot's ``managed-by`` tag. It is deleted
 when it served no request in the whole idle window, is older than the grace period, has no
-opt-out tag, and its run is not in the middle of a rollout. Every decision is written to the
-run record; a failed delete is reported and, since the endpoint is still there, retried on
-the next tick. Endpoints are checked concurrently with a bound: each check is a network call
-(Azure Monitor) and a fleet can be hundreds of endpoints.
+opt-out tag, and no run is rolling out to it. The metrics calls are slow, so that last check
+is made twice: from the records read at the start, and again right before the delete, with
+the endpoint's lease taken for the sweep, so a rollout that starts meanwhile either waits
+for the sweep or is seen. On the endpoints it keeps, the sweep deletes orphan deployments:
+no live or rolling-out run owns them, they take no traffic and are older than the grace.
+
+Every decision is written to the run record; a failed delete is reported and, since the
+endpoint is still there, retried on the next tick. Endpoints are checked concurrently with a
+bound: each check is a network call (Azure Monitor) and a fleet can be hundreds of endpoints.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from shared.leases import Leases
 from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE
 from shared.platform.port import EndpointInfo
-from shared.rollout import ROLLOUT_STATES
 from shared.runs import RunRecord, RunState, now
 from shared.services import Services
 
@@ -31,16 +37,17 @@ class Decision:
     action: str  # deleted | would_delete | kept | failed
     reason: str
     run_id: str = ""
+    orphans: tuple[str, ...] = ()  # orphan deployments deleted on a kept endpoint
 
 
 def managed(endpoint: EndpointInfo) -> bool:
     return endpoint.tags.get(MANAGED_TAG) == MANAGED_VALUE
 
 
-def _age_s(endpoint: EndpointInfo) -> float:
-    if not endpoint.created_at:
+def _age_s(created_at: str | None) -> float:
+    if not created_at:
         return float("inf")  # unknown age: the grace period cannot protect it
-    created = datetime.fromisoformat(endpoint.created_at)
+    created = datetime.fromisoformat(created_at)
     if created.tzinfo is None:
         created = created.replace(tzinfo=UTC)
     return (datetime.now(UTC) - created).total_seconds()
@@ -49,7 +56,7 @@ def _age_s(endpoint: EndpointInfo) -> float:
 def _run_for(endpoint: str, runs: list[RunRecord]) -> RunRecord | None:
     """The run that owns the endpoint now: one mid-rollout first, else the most recent."""
     mine = [r for r in runs if r.endpoint == endpoint]
-    rolling = [r for r in mine if r.state in ROLLOUT_STATES]
+    rolling = [r for r in mine if r.state.rolling_out]
     return (rolling or sorted(mine, key=lambda r: r.updated_at))[-1] if mine else None
 
 
@@ -58,10 +65,9 @@ def _decide(endpoint: EndpointInfo, run: RunRecord | None, services: Services, d
     run_id = run.run_id if run else ""
     if endpoint.tags.get(KEEP_TAG, "").lower() in ("1", "true", "yes"):
         return Decision(endpoint.name, "kept", f"opted out with the {KEEP_TAG} tag", run_id)
-    age = _age_s(endpoint)
-    if age < settings.cleanup_grace_s:
+    if _age_s(endpoint.created_at) < settings.cleanup_grace_s:
         return Decision(endpoint.name, "kept", f"younger than the {settings.cleanup_grace_s} s grace period", run_id)
-    if run is not None and run.state in ROLLOUT_STATES:
+    if run is not None and run.state.rolling_out:
         return Decision(endpoint.name, "kept", f"run {run.run_id} is mid-rollout ({run.state})", run_id)
     served = services.platform.endpoint_request_count(endpoint.name, settings.idle_window_s)
     if served:
@@ -71,13 +77,60 @@ def _decide(endpoint: EndpointInfo, run: RunRecord | None, services: Services, d
     idle = f"no requests in the last {settings.idle_window_s} s"
     if dry_run:
         return Decision(endpoint.name, "would_delete", idle, run_id)
+    return _delete(endpoint, run_id, idle, services)
+
+
+def _delete(endpoint: EndpointInfo, run_id: str, idle: str, services: Services) -> Decision:
+    """Delete under the endpoint's lease, after one more look at its runs."""
+    leases, holder = Leases(services.storage.table), f"sweep:{uuid.uuid4().hex[:12]}"
+    if not leases.hold(endpoint.name, holder):
+        return Decision(endpoint.name, "kept", "a rollout holds or waits for the endpoint", run_id)
     try:
+        rolling = [r for r in services.runs.on_endpoint(endpoint.name) if r.state.rolling_out]
+        if rolling:
+            return Decision(endpoint.name, "kept", f"run {rolling[0].run_id} started rolling out", rolling[0].run_id)
         services.platform.begin_delete_endpoint(endpoint.name)
     except Exception as error:
         return Decision(
             endpoint.name, "failed", f"delete failed ({type(error).__name__}: {error}); retried next tick", run_id
         )
+    finally:
+        leases.release(endpoint.name, holder)
     return Decision(endpoint.name, "deleted", idle, run_id)
+
+
+def _delete_orphans(endpoint: EndpointInfo, services: Services) -> tuple[str, ...]:
+    """Deployments on a kept endpoint that no live or rolling-out run owns, with no traffic, past the grace."""
+    owned = {
+        r.deployment
+        for r in services.runs.on_endpoint(endpoint.name)
+        if r.state.rolling_out or r.state is RunState.LIVE
+    }
+    candidates = [
+        d
+        for d in services.platform.list_deployments(endpoint.name)
+        if d.name not in owned
+        and not endpoint.traffic.get(d.name)
+        and _age_s(d.created_at) >= services.settings.cleanup_grace_s
+    ]
+    if not candidates:
+        return ()
+    leases, holder = Leases(services.storage.table), f"sweep:{uuid.uuid4().hex[:12]}"
+    if not leases.hold(endpoint.name, holder):
+        return ()
+    try:
+        owned = {
+            r.deployment
+            for r in services.runs.on_endpoint(endpoint.name)
+            if r.state.rolling_out or r.state is RunState.LIVE
+        }
+        deleted = tuple(d.name for d in candidates if d.name not in owned)
+        for name in deleted:
+            services.platform.begin_delete_deployment(endpoint.name, name)
+    finally:
+        leases.release(endpoint.name, holder)
+    log.info("cleanup: %s: deleted orphan deployments %s", endpoint.name, ", ".join(deleted))
+    return deleted
 
 
 def _news(decision: Decision, run: RunRecord | None) -> bool:
@@ -128,6 +181,8 @@ def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
         run = _run_for(endpoint.name, runs)
         try:
             decision = _decide(endpoint, run, services, dry_run)
+            if decision.action == "kept" and not dry_run:
+                decision = replace(decision, orphans=_delete_orphans(endpoint, services))
         except Exception as error:  # one endpoint's trouble must not stop the sweep
             decision = Decision(endpoint.name, "failed", f"{type(error).__name__}: {error}", run.run_id if run else "")
         if not dry_run and _news(decision, run):

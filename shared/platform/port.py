@@ -170,6 +170,7 @@ class DeploymentInfo:
     state: ProvisioningState
     model_id: str | None = None
     error: str | None = None
+    created_at: str | None = None  # ISO 8601, as the platform reports it
 
 
 @runtime_checkable

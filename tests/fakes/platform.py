@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.naming import RUN_TAG
@@ -222,7 +223,11 @@ class FakePlatform:
                     self._called("begin_create_deployment")
                     return
             endpoint.deployments[request.name] = DeploymentInfo(
-                request.endpoint_name, request.name, ProvisioningState.CREATING, request.model_id
+                request.endpoint_name,
+                request.name,
+                ProvisioningState.CREATING,
+                request.model_id,
+                created_at=datetime.now(UTC).isoformat(),
             )
             endpoint.pending_deployments[request.name] = READS_TO_PROVISION
         self._called("begin_create_deployment")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from azure.core.exceptions import AzureError
@@ -186,7 +187,14 @@ def deployment_info(ml_client: MLClient, deployment: OnlineDeployment) -> Deploy
         state=state,
         model_id=_model_id(deployment),
         error=error,
+        created_at=_created_at(deployment),
     )
+
+
+def _created_at(deployment: OnlineDeployment) -> str | None:
+    """When the service created it, from its ``systemData`` (the SDK's ``creation_context``)."""
+    created = getattr(deployment.creation_context, "created_at", None)
+    return created.isoformat() if isinstance(created, datetime) else (str(created) if created else None)
 
 
 # Helpers

@@ -238,6 +238,7 @@ class Endpoints:
             state=state,
             model_id=row["model_id"],
             error=error or row["error"],
+            created_at=row["created_at"],
         )
 
     def _deployment_row(self, db: Connection, endpoint: str, name: str) -> Row | None:
