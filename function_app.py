@@ -4,8 +4,9 @@ import azure.functions as func
 
 from functions.cleanup import bp as cleanup
 from functions.intake import bp as intake
+from functions.reconcile import bp as reconcile
 from functions.rollout import bp as rollout
 
 app = func.FunctionApp()
-for blueprint in (intake, rollout, cleanup):
+for blueprint in (intake, rollout, cleanup, reconcile):
     app.register_functions(blueprint)

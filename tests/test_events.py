@@ -101,7 +101,7 @@ def test_function_drops_foreign_and_unknown_jobs(services: Services) -> None:
 
 
 def test_event_grid_bindings(app_functions: dict) -> None:
-    assert set(app_functions) == {"intake", "run_events", "rollout", "rollout_poison", "cleanup"}
+    assert set(app_functions) == {"intake", "run_events", "rollout", "rollout_poison", "cleanup", "reconcile"}
     functions = {name: f.get_bindings_dict()["bindings"][0] for name, f in app_functions.items()}
     assert functions["run_events"]["type"] == "eventGridTrigger"
     rollout = functions["rollout"]

@@ -22,7 +22,7 @@ from shared.host.blobs import BlobWatcher
 from shared.host.deliveries import event_grid, timer
 from shared.host.queues import deliver
 from shared.host.timer import Schedule
-from shared.runs import RunRecord
+from shared.runs import FAILURES, RunRecord, RunState
 from shared.services import Services, use_services
 from shared.storage import Storage
 
@@ -63,7 +63,10 @@ class RunPrinter:
             for entry in record.history[shown:]:
                 note = f" - {entry['note']}" if entry.get("note") else ""
                 self.out(f"[{entry['at'][11:19]}] run {record.run_id[:8]} {record.dataset}: {entry['state']}{note}")
-                if entry["state"] in ("invalid", "failed", "rolled_back", "submit_failed") and record.reason:
+                if (
+                    RunState(entry["state"]) in (*FAILURES, RunState.ROLLING_BACK, RunState.SUPERSEDED)
+                    and record.reason
+                ):
                     self.out(f"           reason: {record.reason}")
                 if entry["state"] == "succeeded" and record.metrics:
                     shown = [k for k in HEADLINE_METRICS if k in record.metrics] or sorted(record.metrics)
@@ -114,6 +117,7 @@ class LocalHost:
         seen = Path(settings.data_dir) / "host-blobs.json"
         self._blobs = BlobWatcher(storage.container, settings.intake_prefix, seen)
         self._schedule = Schedule(settings.cleanup_schedule)
+        self._reconcile = Schedule(settings.reconcile_schedule)
         earlier = list(self.services.runs.all())
         self.printer.skip(earlier)
         if earlier:
@@ -128,6 +132,7 @@ class LocalHost:
         """Deliver everything pending once."""
         from functions.cleanup import cleanup
         from functions.intake import intake
+        from functions.reconcile import reconcile
         from functions.rollout import rollout, rollout_poison, run_events
         from shared.platform.local.events import drain_events
 
@@ -143,6 +148,8 @@ class LocalHost:
         deliver(services.storage.poison_queue, rollout_poison, visibility_timeout=60)
         if self._schedule.due():
             cleanup(timer())
+        if self._reconcile.due():
+            reconcile(timer())
         self.printer.update(list(services.runs.all()), self._scoring_uri)
 
     def _scoring_uri(self, endpoint: str) -> str | None:

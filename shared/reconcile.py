@@ -1,0 +1,126 @@
+"""The reconciler: on its own timer, it catches what events and messages missed.
+
+Event Grid can drop an event (24 hours of failed deliveries), a subscription can be
+misconfigured, a canceled job may emit nothing, a message can go to the poison queue while
+storage is down. None of that may strand a run. Each tick looks at every run that is neither
+terminal nor live and, when nothing has happened to it for longer than its phase's cadence,
+hands it back to the rollout worker: a training run gets a check of its job (which also
+enforces the training deadline), a rollout whose re-check is overdue gets that check again
+(with the chain's own token, so it continues the chain instead of starting a second one), an
+upload that intake never finished is taken through intake again. Leases whose holder has
+ended are released.
+
+The tick does no platform work itself: it reads the run table (one filtered, paged query)
+and sends queue messages, at most ``reconcile_batch`` of them, ``reconcile_concurrency`` at
+a time, so it stays far inside the function timeout however many runs there are.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from shared.leases import Lease, Leases
+from shared.rollout import send
+from shared.runs import TRAINING, RunRecord, RunState, age_s
+from shared.services import Services
+
+log = logging.getLogger(__name__)
+
+# The idle sweep holds a lease for seconds; one older than this belongs to a sweep that died.
+SWEEP_LEASE_S = 600
+
+
+@dataclass(frozen=True)
+class Check:
+    run_id: str
+    action: str  # requeued | intake | released
+    reason: str
+
+
+def _quiet_s(record: RunRecord) -> float:
+    """Seconds since anything happened to the run (a move, a check, a scheduled re-check falling due)."""
+    return min(age_s(record.updated_at), age_s(record.checked_at), age_s(record.poll_due_at))
+
+
+def due(record: RunRecord, services: Services) -> str:
+    """Why the run needs a nudge now, or ''."""
+    settings = services.settings
+    quiet = _quiet_s(record)
+    if record.state is RunState.RECEIVED:
+        return f"intake unfinished for {quiet:.0f} s" if quiet > settings.reconcile_intake_s else ""
+    if record.state in TRAINING:
+        return (
+            f"nothing heard of job {record.job_name} for {quiet:.0f} s" if quiet > settings.reconcile_training_s else ""
+        )
+    if record.poll_token and age_s(record.poll_due_at) <= settings.reconcile_rollout_s:
+        return ""  # its re-check is on its way
+    if quiet > settings.reconcile_rollout_s:
+        return f"{record.state} without progress for {quiet:.0f} s"
+    return ""
+
+
+def _nudge(record: RunRecord, reason: str, services: Services) -> Check:
+    if record.state is RunState.RECEIVED:
+        from shared.intake import handle_upload
+
+        outcome = handle_upload(services.storage.blob(record.dataset), services)
+        log.warning("reconcile: run %s: %s; intake again: %s", record.run_id, reason, outcome.action)
+        return Check(record.run_id, "intake", f"{reason}; {outcome.action} {outcome.reason}".strip())
+    send(services, {"run_id": record.run_id, "token": record.poll_token, "by": "reconciler"})
+    log.warning("reconcile: run %s (%s) re-queued: %s", record.run_id, record.state, reason)
+    return Check(record.run_id, "requeued", reason)
+
+
+def _stale(lease: Lease, services: Services) -> str:
+    """Why the lease's holder or contender no longer has a claim, or ''."""
+    if lease.holder.startswith("sweep:"):
+        return f"the sweep that took it {lease.since} is gone" if age_s(lease.since) > SWEEP_LEASE_S else ""
+    for run_id, wants in ((lease.holder, RunState.rolling_out), (lease.contender, None)):
+        if not run_id:
+            continue
+        record = services.runs.get(run_id)
+        if record is None or record.state.settled or (wants is not None and not record.state.rolling_out):
+            return run_id
+    return ""
+
+
+def _release(lease: Lease, services: Services) -> Check | None:
+    stale = _stale(lease, services)
+    if not stale:
+        return None
+    leases = Leases(services.storage.table)
+    if stale.startswith("the sweep"):
+        leases.release(lease.endpoint, lease.holder)
+        return Check("", "released", f"{lease.endpoint}: {stale}")
+    record = services.runs.get(stale)
+    champion = record if record is not None and record.state is RunState.LIVE else None
+    leases.release(lease.endpoint, stale, champion=champion)
+    state = record.state if record else "missing"
+    return Check(stale, "released", f"{lease.endpoint}: run {stale} is {state}")
+
+
+def reconcile(services: Services) -> list[Check]:
+    """One tick: nudge what is overdue, release what is held by nobody; returns what it did."""
+    settings = services.settings
+    overdue = ((r, why) for r in services.runs.unsettled() if (why := due(r, services)))
+    batch = list(itertools.islice(overdue, settings.reconcile_batch))
+
+    def one(item: tuple[RunRecord, str]) -> Check:
+        record, reason = item
+        try:
+            return _nudge(record, reason, services)
+        except Exception as error:  # one run's trouble must not stop the tick; the next tick retries
+            log.exception("reconcile: run %s could not be re-queued", record.run_id)
+            return Check(record.run_id, "failed", f"{type(error).__name__}: {error}")
+
+    with ThreadPoolExecutor(max_workers=settings.reconcile_concurrency) as pool:
+        checks = list(pool.map(one, batch))
+    for lease in Leases(services.storage.table).all():
+        released = _release(lease, services)
+        if released is not None:
+            log.warning("reconcile: lease released: %s", released.reason)
+            checks.append(released)
+    return checks
