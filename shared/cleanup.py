@@ -20,12 +20,11 @@ import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 
 from shared.leases import Leases
 from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE
 from shared.platform.port import EndpointInfo
-from shared.runs import RunRecord, RunState, now
+from shared.runs import RunRecord, RunState, age_s, now
 from shared.services import Services
 
 log = logging.getLogger(__name__)
@@ -45,12 +44,7 @@ def managed(endpoint: EndpointInfo) -> bool:
 
 
 def _age_s(created_at: str | None) -> float:
-    if not created_at:
-        return float("inf")  # unknown age: the grace period cannot protect it
-    created = datetime.fromisoformat(created_at)
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
-    return (datetime.now(UTC) - created).total_seconds()
+    return age_s(created_at or "")  # unknown age: infinite, so the grace period cannot protect it
 
 
 def _run_for(endpoint: str, runs: list[RunRecord]) -> RunRecord | None:

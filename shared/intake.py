@@ -10,7 +10,7 @@ The uploaded blob is only ever read (pinned to the ETag seen first), never chang
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -192,8 +192,10 @@ def _submit(
         log.error("intake: run %s not submitted: %s", run_id, reason)
         return Outcome(upload.name, "submit_failed", run_id, reason=reason)
     except Exception as error:
-        # Possibly transient: record it, then let the host retry the trigger.
-        _failed(services, run_id, f"{type(error).__name__}: {error}")
+        # Possibly transient: note it (the run stays received), then let the host retry the
+        # trigger; if every retry fails, the reconciler takes the upload through intake again.
+        reason = f"{type(error).__name__}: {error}"[:2000]
+        services.runs.update(run_id, lambda r: replace(r, last_error=reason) if r.state in RESUMABLE else None)
         raise
 
     def submitted(current: RunRecord) -> RunRecord | None:

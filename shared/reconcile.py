@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from shared.leases import Lease, Leases
+from shared.naming import job_name
 from shared.rollout import send
 from shared.runs import TRAINING, RunRecord, RunState, age_s
 from shared.services import Services
@@ -36,7 +37,7 @@ SWEEP_LEASE_S = 600
 @dataclass(frozen=True)
 class Check:
     run_id: str
-    action: str  # requeued | intake | released
+    action: str  # requeued | intake | superseded | released | failed
     reason: str
 
 
@@ -64,14 +65,41 @@ def due(record: RunRecord, services: Services) -> str:
 
 def _nudge(record: RunRecord, reason: str, services: Services) -> Check:
     if record.state is RunState.RECEIVED:
-        from shared.intake import handle_upload
-
-        outcome = handle_upload(services.storage.blob(record.dataset), services)
-        log.warning("reconcile: run %s: %s; intake again: %s", record.run_id, reason, outcome.action)
-        return Check(record.run_id, "intake", f"{reason}; {outcome.action} {outcome.reason}".strip())
+        return _intake_again(record, reason, services)
     send(services, {"run_id": record.run_id, "token": record.poll_token, "by": "reconciler"})
     log.warning("reconcile: run %s (%s) re-queued: %s", record.run_id, record.state, reason)
     return Check(record.run_id, "requeued", reason)
+
+
+def _intake_again(record: RunRecord, reason: str, services: Services) -> Check:
+    """Take an unfinished upload through intake again, unless it was replaced or deleted since."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from shared.intake import handle_upload
+
+    blob = services.storage.blob(record.dataset)
+    try:
+        etag = blob.get_blob_properties().etag
+    except ResourceNotFoundError:
+        etag = ""
+    if etag != record.source_etag:
+        gone = f"{record.dataset} was replaced or deleted before intake finished"
+        # Intake may have submitted the job and died before recording it: the job name says.
+        job = services.platform.get_job(job_name(record.run_id))
+        if job is not None and not job.status.terminal:
+            services.platform.begin_cancel_job(job.name)
+            gone += f"; job {job.name} canceled"
+        found = job.name if job is not None else ""
+        services.runs.update(
+            record.run_id,
+            lambda r: (
+                r.moved(RunState.SUPERSEDED, reason=gone, job_name=found) if r.state is RunState.RECEIVED else None
+            ),
+        )
+        return Check(record.run_id, "superseded", gone)
+    outcome = handle_upload(blob, services)
+    log.warning("reconcile: run %s: %s; intake again: %s", record.run_id, reason, outcome.action)
+    return Check(record.run_id, "intake", f"{reason}; {outcome.action} {outcome.reason}".strip())
 
 
 def _stale(lease: Lease, services: Services) -> str:

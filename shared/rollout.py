@@ -30,7 +30,7 @@ import random
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -58,7 +58,7 @@ from shared.platform.port import (
     ProvisioningState,
     TransientError,
 )
-from shared.runs import TRAINING, RunRecord, RunState, age_s, now
+from shared.runs import TRAINING, RunRecord, RunState, age_s, now, utcnow
 from shared.services import Services
 from shared.validation import iter_lines
 
@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 SMOKE_PARAMETERS = {"temperature": 0.6, "top_p": 0.9, "do_sample": True, "max_new_tokens": 200}
 # A scheduled re-check counts as lost when it is this late; an event may then start a new chain.
 POLL_GRACE_S = 300
+# Poisoned messages in a row (no step succeeding in between) after which a run is ended.
+POISON_LIMIT = 3
 
 
 @dataclass(frozen=True)
@@ -144,9 +146,19 @@ def advance(body: bytes | str, services: Services) -> Result:
         return stop(services.runs.get(run_id) or record, services, f"cannot deploy: {error}")
     except Exception as error:
         # Remember why, for the poison handler, then let the queue redeliver.
-        reason = f"{type(error).__name__}: {error}"
+        reason = f"{'transient: ' if storage_trouble(error) else ''}{type(error).__name__}: {error}"
         services.runs.update(run_id, lambda r: replace(r, last_error=reason[:2000]))
         raise
+
+
+def storage_trouble(error: Exception) -> bool:
+    """A storage call that may succeed later: no answer, a timeout, throttling or a 5xx."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    if isinstance(error, ServiceRequestError | ServiceResponseError):
+        return True
+    status = getattr(error, "status_code", None) if isinstance(error, HttpResponseError) else None
+    return status is not None and (status in (408, 429) or status >= 500)
 
 
 def _wait(services: Services, record: RunRecord, wait: _Wait) -> Result:
@@ -176,7 +188,7 @@ def schedule(services: Services, record: RunRecord, expected: str, note: str, de
         return Result("dropped", record.run_id, "another worker scheduled the next check")
     delay = max(0, round(delay_s))
     new = uuid.uuid4().hex
-    due = (datetime.now(UTC) + timedelta(seconds=delay)).isoformat(timespec="seconds")
+    due = (utcnow() + timedelta(seconds=delay)).isoformat(timespec="seconds")
     send(services, {"run_id": record.run_id, "token": new}, delay)
 
     def take(current: RunRecord) -> RunRecord | None:
@@ -562,11 +574,26 @@ def _previous(record: RunRecord, services: Services, deployments: list[str]) -> 
 
 
 def give_up(body: bytes | str, services: Services) -> Result:
-    """Poison message: the worker failed repeatedly. Record why and clean up what bills."""
+    """Poison message: the worker failed on it repeatedly.
+
+    Storage or platform trouble can outlast five quick redeliveries without anything being
+    wrong with the run, so a poisoning after transient trouble only notes it and leaves the
+    run to the reconciler, which tries again on its cadence (the phase deadlines still bound
+    a rollout). Other errors get ``POISON_LIMIT`` poisonings in a row (no step succeeding in
+    between) before the run is ended and what bills cleaned up.
+    """
     run_id = orjson.loads(body)["run_id"]
     record = services.runs.get(run_id)
     if record is None:
         return Result("dropped", run_id, "no run record")
+    if record.state.settled:
+        return Result("done", run_id, f"already {record.state}")
+    transient = record.last_error.startswith("transient: ")
+    if transient or record.poisoned + 1 < POISON_LIMIT:
+        counted = 0 if transient else 1
+        noted = services.runs.update(run_id, lambda r: replace(r, poisoned=r.poisoned + counted, poll_token=""))
+        log.warning("rollout: run %s poisoned (%s); left to the reconciler", run_id, noted.last_error)
+        return Result("waiting", run_id, "left to the reconciler")
     return stop(record, services, f"rollout gave up after repeated failures: {record.last_error or 'unknown error'}")
 
 

@@ -72,7 +72,7 @@ class RunState(StrEnum):
 _S = RunState
 # Every legal change of state; staying in a state (a note in the history) is always legal.
 TRANSITIONS: dict[RunState, frozenset[RunState]] = {
-    _S.RECEIVED: frozenset({_S.INVALID, _S.SUBMITTED, _S.SUBMIT_FAILED}),
+    _S.RECEIVED: frozenset({_S.INVALID, _S.SUBMITTED, _S.SUBMIT_FAILED, _S.SUPERSEDED}),
     _S.SUBMIT_FAILED: frozenset({_S.SUBMITTED}),
     _S.INVALID: frozenset(),
     _S.SUBMITTED: frozenset({_S.TRAINING, _S.SUCCEEDED, _S.FAILED, _S.CANCELED, _S.SUPERSEDED}),
@@ -106,15 +106,36 @@ def check_transition(before: RunState, after: RunState) -> None:
         raise IllegalTransition(f"{before} -> {after} is not a legal transition")
 
 
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+_clock: Callable[[], datetime] = _wall_clock
+
+
+def use_clock(clock: Callable[[], datetime] | None) -> None:
+    """Tell time by ``clock`` (None: the wall clock). Every deadline and cadence reads time here,
+    so a simulation can run days of a run's life in seconds, and replay them exactly."""
+    global _clock  # noqa: PLW0603 - one clock per process
+    _clock = clock or _wall_clock
+
+
+def utcnow() -> datetime:
+    return _clock()
+
+
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return utcnow().isoformat(timespec="seconds")
 
 
 def age_s(stamp: str) -> float:
     """Seconds since an ISO timestamp written by ``now()`` (infinite when unset)."""
     if not stamp:
         return float("inf")
-    return (datetime.now(UTC) - datetime.fromisoformat(stamp)).total_seconds()
+    stamped = datetime.fromisoformat(stamp)
+    if stamped.tzinfo is None:
+        stamped = stamped.replace(tzinfo=UTC)
+    return (utcnow() - stamped).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -148,6 +169,7 @@ class RunRecord:
     waiting_since: str = ""
     checked_at: str = ""
     transient_errors: int = 0
+    poisoned: int = 0
     replaces: str = ""
     ending: str = ""
     sweep_note: str = ""
@@ -167,7 +189,13 @@ class RunRecord:
         if note:
             entry["note"] = note
         history = [*self.history, entry][-HISTORY_LIMIT:]
-        cleared: dict[str, Any] = {"last_error": "", "waiting_for": "", "waiting_since": "", "transient_errors": 0}
+        cleared: dict[str, Any] = {
+            "last_error": "",
+            "waiting_for": "",
+            "waiting_since": "",
+            "transient_errors": 0,
+            "poisoned": 0,
+        }
         return replace(self, state=state, updated_at=stamp, history=history, **{**cleared, **changes})
 
     def to_entity(self) -> dict[str, Any]:
@@ -185,7 +213,8 @@ class RunRecord:
             if key in known and key != "run_id":
                 values[key] = json.loads(value) if key in _JSON_FIELDS else value
         values["state"] = RunState(values.get("state", RunState.RECEIVED))
-        values["transient_errors"] = int(values.get("transient_errors") or 0)
+        for counter in ("transient_errors", "poisoned"):
+            values[counter] = int(values.get(counter) or 0)
         return cls(**values)
 
 

@@ -34,6 +34,7 @@ def settings(azurite: azurite_mod.Azurite, tmp_path) -> Settings:
         data_dir=tmp_path / "ftpilot",
         min_examples_warning=10,
         poll_interval_s=0,
+        retry_base_s=0,
     )
 
 

@@ -6,6 +6,7 @@ import random
 import threading
 import time
 from contextlib import suppress
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,7 +14,9 @@ from functions.rollout import rollout, rollout_poison, run_events
 from shared.host.queues import deliver
 from shared.intake import handle_upload
 from shared.platform.port import JobStatus, PlatformError, ProvisioningState
-from shared.runs import RunRecord, RunState
+from shared.reconcile import reconcile
+from shared.rollout import POISON_LIMIT
+from shared.runs import RunRecord, RunState, use_clock
 from shared.services import Services, use_services
 from tests.data import dataset
 from tests.events import delivered, run_event
@@ -269,6 +272,17 @@ def test_poison_message_ends_in_a_recorded_failure(services: Services, fake_plat
     monkeypatch.setattr(fake_platform, "register_model", broken)
     complete(services, fake_platform, record)
     pump(services, timeout_s=90)
+    assert services.runs.get(record.run_id).state is RunState.SUCCEEDED  # poisoned once: left to the reconciler
+
+    later = [datetime.now(UTC)]
+    use_clock(lambda: later[0])
+    try:
+        for _ in range(POISON_LIMIT - 1):
+            later[0] += timedelta(seconds=services.settings.reconcile_rollout_s + 1)
+            reconcile(services)
+            pump(services, timeout_s=90)
+    finally:
+        use_clock(None)
 
     final = services.runs.get(record.run_id)
     assert final.state is RunState.FAILED

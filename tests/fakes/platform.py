@@ -14,7 +14,6 @@ import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from shared.naming import RUN_TAG
@@ -34,6 +33,7 @@ from shared.platform.port import (
     PlatformError,
     ProvisioningState,
 )
+from shared.runs import now
 
 READS_TO_PROVISION = 2
 
@@ -180,6 +180,7 @@ class FakePlatform:
                     f"https://{request.name}.fake/score",
                     {},
                     dict(request.tags),
+                    now(),
                 )
             )
         self._called("begin_create_endpoint")
@@ -227,7 +228,7 @@ class FakePlatform:
                 request.name,
                 ProvisioningState.CREATING,
                 request.model_id,
-                created_at=datetime.now(UTC).isoformat(),
+                created_at=now(),
             )
             endpoint.pending_deployments[request.name] = READS_TO_PROVISION
         self._called("begin_create_deployment")
