@@ -13,6 +13,7 @@ command (and ``--help``) starts fast.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -441,12 +442,18 @@ def _add_up(commands: Commands) -> None:
     command.set_defaults(handler=_up)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _up(args: argparse.Namespace) -> int:
     from shared.host.runner import LocalHost
 
     settings = load_settings()
     _quiet_logs()
     host = LocalHost(settings)
+    # A service manager, `docker stop` or `kill` sends SIGTERM: stop as cleanly as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         host.start()
         print("Press Ctrl-C to stop.")

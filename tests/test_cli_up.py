@@ -11,6 +11,7 @@ import time
 import pytest
 
 from shared.config import Settings
+from shared.host.runner import storage_ports
 from shared.storage import Storage
 from tests.cli_process import settings_env
 from tests.paths import REPO
@@ -52,5 +53,45 @@ def test_up_serves_until_ctrl_c_and_leaves_nothing_running(settings: Settings, t
         if host.poll() is None:
             host.kill()
     assert host.returncode == 0, out
-    assert "nothing left running" in out
+    # It did not start that Azurite, so it does not stop it, and says so.
+    assert f"Azurite on port {storage_ports(settings.storage)[0]}" in out
+    assert "left running" in out and "nothing left running" not in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_up_stopped_with_sigterm_stops_the_azurite_it_started(settings: Settings, tmp_path) -> None:
+    from shared import azurite
+
+    ports = (azurite.free_port(), azurite.free_port(), azurite.free_port())
+    own = settings.model_copy(update={"storage": azurite.connection_string(*ports), "data_dir": tmp_path / "ws"})
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FTPILOT_")}
+    env |= settings_env(own) | {"PYTHONPATH": str(REPO)}
+    host = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up", "--interval", "0.2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("Press Ctrl-C" in line for line in lines):
+            line = host.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        assert any("Azurite started" in line for line in lines), "".join(lines)
+        assert all(azurite.listening(p) for p in ports)
+
+        host.send_signal(signal.SIGTERM)  # what a service manager or `kill` sends
+        out, _ = host.communicate(timeout=60)
+    finally:
+        if host.poll() is None:
+            host.kill()
+    assert host.returncode == 0, out
+    assert "with the Azurite it started; nothing left running" in out
+    assert not any(azurite.listening(p) for p in ports)
     assert "Traceback" not in out

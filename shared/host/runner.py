@@ -173,4 +173,13 @@ class LocalHost:
         if self._azurite is not None:
             self._azurite.stop()
             self._azurite = None
-        self.out("ftpilot local host stopped; nothing left running.")
+            self.out("ftpilot local host stopped, with the Azurite it started; nothing left running.")
+            return
+        ports = storage_ports(self.settings.storage)
+        if ports is not None and azurite.listening(ports[0]):
+            self.out(
+                f"ftpilot local host stopped. Azurite on port {ports[0]} was running before it started "
+                "and is left running."
+            )
+        else:
+            self.out("ftpilot local host stopped; nothing of it left running.")
