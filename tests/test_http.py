@@ -19,7 +19,8 @@ from azure.core.credentials import AccessToken
 
 from shared.platform.azureml import AzureMLPlatform
 from shared.platform.azureml.metrics import MlflowRestMetricsReader, api_base
-from shared.platform.port import EndpointRequest, NotFoundError, PlatformConfigError, PlatformError
+from shared.platform.http import RETRIES
+from shared.platform.port import EndpointRequest, NotFoundError, PlatformConfigError, PlatformError, TransientError
 from tests.azure_wire.workspace import Wire
 
 pytestmark = pytest.mark.filterwarnings("ignore::marshmallow.warnings.Marshmallow4Warning")
@@ -156,6 +157,27 @@ def test_a_slow_deployment_times_out() -> None:
         release.set()
     assert time.monotonic() - started < 5
     assert KEY not in str(caught.value)
+
+
+def test_a_503_is_retried_after_its_retry_after_and_then_answers(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    answers = [(503, {"Retry-After": "1"}, b"warming up"), json_reply(200, {"output": "ready"})]
+
+    with serve(lambda seen: answers.pop(0)) as server:
+        started = time.monotonic()
+        answer = platform_scoring_at(f"{server.url}/score").invoke(ENDPOINT, "blue-v3", {}, 5)
+
+    assert answer == {"output": "ready"}
+    assert len(server.seen) == 2 and time.monotonic() - started >= 1  # waited as told
+    assert "REDACTED" in caplog.text and KEY not in caplog.text  # the pipeline's own request log
+
+
+def test_a_deployment_that_keeps_failing_is_a_transient_error_after_bounded_retries() -> None:
+    overloaded = (503, {"Retry-After": "0"}, b"overloaded")
+    with serve(lambda seen: overloaded) as server, pytest.raises(TransientError, match="HTTP 503") as caught:
+        platform_scoring_at(f"{server.url}/score").invoke(ENDPOINT, "blue-v3", {}, 5)
+    assert len(server.seen) == 1 + RETRIES
+    assert caught.value.retry_after_s == 0
 
 
 def test_a_redirect_is_not_followed_with_the_key() -> None:

@@ -1,26 +1,38 @@
-"""JSON over HTTPS with the standard library, for the two calls the Azure SDKs do not make for us.
+"""JSON over HTTPS through an azure-core pipeline, for the two calls the Azure SDKs do not make for us.
 
-Scoring a deployment and reading MLflow metrics are plain JSON requests. ``urllib.request`` does
-them without adding a runtime dependency (``httpx`` is a dev-only package here), and it lets us
-refuse redirects: urllib would otherwise resend every header, ``Authorization`` included, to
-wherever a 3xx points, which would hand an endpoint key or a bearer token to another host.
+Scoring a deployment and reading MLflow metrics are plain JSON requests. They go through the
+same machinery the Azure SDKs use (``azure.core.PipelineClient`` over ``requests``):
+
+- its retry policy retries connection failures, timeouts, 429 and 5xx (for a POST, 500, 503
+  and 504 only) a bounded number of times with exponential backoff and jitter, honouring
+  ``Retry-After``;
+- redirects are not followed at all: nothing this module sends, a key or a bearer token in
+  ``Authorization`` above all, can be carried to another host by a 3xx (azure-core's own
+  redirect policy would drop ``Authorization`` on the way; not going is stricter still);
+- its HTTP logging policy writes ``Authorization`` and every other header not on its allow
+  list as ``REDACTED``.
 
 Errors become ``PlatformError`` carrying the status and a short excerpt of the body, with every
-secret the caller names scrubbed from it, so the message is safe to log and to show an operator.
+secret the caller names scrubbed from it, so the message is safe to log and to show an operator;
+what may succeed later is a ``TransientError``.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from shared.platform.port import PlatformError, TransientError
 
+if TYPE_CHECKING:
+    from azure.core import PipelineClient
+
 _EXCERPT_CHARS = 300
+RETRIES = 2  # after the first try: a smoke test or a metrics read waits seconds, not minutes
+BACKOFF_S = 0.5
+BACKOFF_MAX_S = 8.0
 
 
 class HttpStatusError(PlatformError):
@@ -47,14 +59,27 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """Turn every 3xx into an error instead of following it with our credentials attached."""
+@lru_cache(maxsize=1)
+def _client() -> PipelineClient:
+    """One pipeline (and one connection pool) per process."""
+    from azure.core import PipelineClient
+    from azure.core.pipeline.policies import (
+        HeadersPolicy,
+        HttpLoggingPolicy,
+        RedirectPolicy,
+        RetryPolicy,
+        UserAgentPolicy,
+    )
+    from azure.core.pipeline.transport import RequestsTransport
 
-    def redirect_request(self, *_request_and_response: object) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_RefuseRedirects)
+    policies = [
+        HeadersPolicy(),
+        UserAgentPolicy(sdk_moniker="ftpilot"),
+        RetryPolicy(retry_total=RETRIES, retry_backoff_factor=BACKOFF_S, retry_backoff_max=BACKOFF_MAX_S),
+        RedirectPolicy(permit_redirects=False),
+        HttpLoggingPolicy(),
+    ]
+    return PipelineClient(base_url="", policies=policies, transport=RequestsTransport())
 
 
 def request_json(
@@ -70,36 +95,56 @@ def request_json(
     """Send ``body`` as JSON and return the decoded JSON answer (None for an empty body).
 
     ``what`` names the call in error messages ("scoring ep/blue"); ``secrets`` are removed from any
-    text that ends up in one. ``timeout_s`` bounds each socket operation, as urllib defines it.
+    text that ends up in one. ``timeout_s`` bounds connecting and each read of every try.
     """
+    from azure.core.exceptions import AzureError, ServiceResponseError
+    from azure.core.rest import HttpRequest
+
     secrets = [secret for secret in secrets if secret]
-    data = None if body is None else json.dumps(body).encode("utf-8")
-    request = urllib.request.Request(
+    request = HttpRequest(
+        method,
         url,
-        data=data,
-        method=method,
         headers={"Content-Type": "application/json", "Accept": "application/json", **(headers or {})},
+        content=None if body is None else json.dumps(body).encode("utf-8"),
     )
     try:
-        with _OPENER.open(request, timeout=timeout_s) as response:
-            raw = response.read()
-    except urllib.error.HTTPError as exc:
-        message = f"{what} answered HTTP {exc.code}: {_excerpt(exc.read(), secrets)}"
-        if exc.code == 429 or exc.code >= 500:
-            wait = retry_after_seconds(exc.headers.get("Retry-After"))
-            raise TransientHttpStatusError(message, exc.code, wait) from None
-        raise HttpStatusError(message, exc.code) from None
-    except (OSError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, TimeoutError):
+        response = _client().send_request(request, connection_timeout=timeout_s, read_timeout=timeout_s)
+        raw = response.read()
+    except ServiceResponseError as exc:
+        if _timed_out(exc):
             raise TransientError(f"{what} timed out after {timeout_s:g} s") from None
-        raise TransientError(f"{what} failed: {_scrub(str(reason), secrets)}") from None
+        raise TransientError(f"{what} failed: {_scrub(_first_line(exc), secrets)}") from None
+    except AzureError as exc:  # no connection, or the retries ran out
+        raise TransientError(f"{what} failed: {_scrub(_first_line(exc), secrets)}") from None
+    status = response.status_code
+    if status >= 300:
+        message = f"{what} answered HTTP {status}: {_excerpt(raw, secrets)}"
+        if status == 429 or status >= 500:
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            raise TransientHttpStatusError(message, status, wait)
+        raise HttpStatusError(message, status)
     if not raw.strip():
         return None
     try:
         return json.loads(raw)
     except ValueError:
         raise PlatformError(f"{what} answered with something other than JSON: {_excerpt(raw, secrets)}") from None
+
+
+def _timed_out(error: Exception) -> bool:
+    """Whether a transport error was a timeout (requests' ReadTimeout, or a socket timeout under it)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TimeoutError) or "timeout" in type(current).__name__.lower():
+            return True
+        current = getattr(current, "inner_exception", None) or current.__cause__ or current.__context__
+    return "timed out" in str(error).lower()
+
+
+def _first_line(error: Exception) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 def _excerpt(raw: bytes, secrets: Iterable[str]) -> str:
