@@ -131,3 +131,21 @@ def test_timer_function_runs_the_sweep(services: Services, fleet, app_functions:
     assert binding["runOnStartup"] is False
     cleanup(TimerRequest(past_due=False))  # the class the worker builds
     assert "ft-idle" not in fleet.endpoints
+
+
+def test_orphan_deployments_on_a_kept_endpoint_are_deleted_and_nothing_else(services: Services, fake_platform) -> None:
+    from shared.platform.port import DeploymentInfo, ProvisioningState
+
+    fake_platform.add_endpoint("ft-busy", tags=MANAGED, created_at=ago(48), requests=3)
+    endpoint = fake_platform.endpoints["ft-busy"]
+    for name, age in (("d-live", 48), ("d-rolling", 48), ("d-orphan", 48), ("d-fresh", 0.01)):
+        endpoint.deployments[name] = DeploymentInfo("ft-busy", name, ProvisioningState.SUCCEEDED, created_at=ago(age))
+    endpoint.info = endpoint.info.__class__(**{**endpoint.info.__dict__, "traffic": {"d-live": 100}})
+    for run_id, deployment, state in (("r-live", "d-live", RunState.LIVE), ("r-roll", "d-rolling", RunState.DEPLOYING)):
+        record = RunRecord(run_id=run_id, dataset="incoming/x.jsonl", sha256="s", endpoint="ft-busy")
+        services.runs.claim(record.moved(state, deployment=deployment))
+
+    (decision,) = sweep(services)
+
+    assert decision.action == "kept" and decision.orphans == ("d-orphan",)
+    assert set(endpoint.deployments) == {"d-live", "d-rolling", "d-fresh"}  # the fresh one is inside the grace
