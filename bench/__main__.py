@@ -32,6 +32,7 @@ def plan(sizes: str, quick: bool, docs: bool) -> dict[str, list[str]]:
         "intake_latency": others,
         "event_burst": others,
         "cleanup_sweep": others,
+        "reconcile_tick": others,
     }
 
 
