@@ -53,6 +53,7 @@ from shared.platform.port import (
     EndpointRequest,
     JobStatus,
     ModelRequest,
+    NotFoundError,
     PlatformConfigError,
     PlatformError,
     ProvisioningState,
@@ -488,7 +489,11 @@ def _promote(record: RunRecord, services: Services) -> None:
         if age_s(record.phase_started_at) > settings.deploy_timeout_s:
             roll_back(record, services, "traffic did not move to the new deployment in time")
             return
-        platform.begin_set_traffic(record.endpoint, {record.deployment: 100})
+        try:
+            platform.begin_set_traffic(record.endpoint, {record.deployment: 100})
+        except NotFoundError:
+            roll_back(record, services, f"deployment {record.deployment} no longer exists on {record.endpoint}")
+            return
         raise _Wait(f"traffic to move to {record.deployment}")
     others = [d for d in platform.list_deployments(record.endpoint) if d.name != record.deployment]
     rolling = {r.deployment for r in services.runs.all() if r.endpoint == record.endpoint and r.state.rolling_out}

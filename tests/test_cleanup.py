@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -140,7 +141,7 @@ def test_orphan_deployments_on_a_kept_endpoint_are_deleted_and_nothing_else(serv
     endpoint = fake_platform.endpoints["ft-busy"]
     for name, age in (("d-live", 48), ("d-rolling", 48), ("d-orphan", 48), ("d-fresh", 0.01)):
         endpoint.deployments[name] = DeploymentInfo("ft-busy", name, ProvisioningState.SUCCEEDED, created_at=ago(age))
-    endpoint.info = endpoint.info.__class__(**{**endpoint.info.__dict__, "traffic": {"d-live": 100}})
+    endpoint.info = replace(endpoint.info, traffic={"d-live": 100})
     for run_id, deployment, state in (("r-live", "d-live", RunState.LIVE), ("r-roll", "d-rolling", RunState.DEPLOYING)):
         record = RunRecord(run_id=run_id, dataset="incoming/x.jsonl", sha256="s", endpoint="ft-busy")
         services.runs.claim(record.moved(state, deployment=deployment))

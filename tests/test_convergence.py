@@ -7,6 +7,7 @@ the point where it used to go wrong, so a regression names itself.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -206,6 +207,23 @@ def test_rollback_from_promoting_gives_the_traffic_back_first(services: Services
     assert fake_platform.endpoints[first.endpoint].info.traffic == {first.deployment: 100}
     assert services.runs.get(first.run_id).state is RunState.LIVE
     assert [h["state"] for h in final.history][-2:] == ["rolling_back", "rolled_back"]
+
+
+def test_a_deployment_the_platform_no_longer_knows_ends_the_rollout_with_that_reason(
+    services: Services, fake_platform
+) -> None:
+    record = submit(services)
+    fake_platform.set_job(record.job_name, JobStatus.COMPLETED)
+    complete(services, fake_platform, record)
+    services.storage.queue.clear_messages()
+    promoting = step_until(services, record.run_id, lambda r: r.state is RunState.PROMOTING)
+    endpoint = fake_platform.endpoints[promoting.endpoint]
+    endpoint.deployments.pop(promoting.deployment)  # deleted by hand
+    endpoint.info = replace(endpoint.info, traffic={})
+    pump(services)
+    final = services.runs.get(record.run_id)
+    assert final.state is RunState.ROLLED_BACK and "no longer exists" in final.reason
+    assert fake_platform.endpoints == {}
 
 
 # 4 -----------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
+from shared.naming import MANAGED_TAG, MANAGED_VALUE
 from shared.platform.http import retry_after_seconds
 from shared.platform.port import (
     ConflictError,
@@ -36,7 +37,7 @@ from shared.platform.port import (
 T = TypeVar("T")
 
 # Tag on everything ftpilot creates, so its resources are recognisable in a shared workspace.
-MANAGED_BY = {"managed-by": "ftpilot"}
+MANAGED_BY = {MANAGED_TAG: MANAGED_VALUE}
 _USER_ERROR_STATUSES = frozenset({400, 401, 403, 405, 413, 422})
 _MESSAGE_CHARS = 500
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
