@@ -453,3 +453,10 @@ def test_the_reconciler_releases_a_lease_whose_holder_ended(services: Services, 
     leases._change(live.endpoint, lambda lease: type(lease)(lease.endpoint, holder=live.run_id))  # a kill left it
     assert [c.action for c in tick(services)] == ["released"]
     assert leases.get(live.endpoint).holder == "" and leases.get(live.endpoint).champion == live.run_id
+
+
+def test_the_reconciler_is_a_timer_function_on_its_own_schedule(app_functions: dict) -> None:
+    (binding,) = app_functions["reconcile"].get_bindings_dict()["bindings"]
+    assert binding["type"] == "timerTrigger"
+    assert binding["schedule"] == "%FTPILOT_RECONCILE_SCHEDULE%"
+    assert binding["runOnStartup"] is False
