@@ -106,11 +106,14 @@ def _stale(lease: Lease, services: Services) -> str:
     """Why the lease's holder or contender no longer has a claim, or ''."""
     if lease.holder.startswith("sweep:"):
         return f"the sweep that took it {lease.since} is gone" if age_s(lease.since) > SWEEP_LEASE_S else ""
-    for run_id, wants in ((lease.holder, RunState.rolling_out), (lease.contender, None)):
+    for run_id, holds in ((lease.holder, True), (lease.contender, False)):
         if not run_id:
             continue
         record = services.runs.get(run_id)
-        if record is None or record.state.settled or (wants is not None and not record.state.rolling_out):
+        if record is None or record.state.settled:
+            return run_id
+        # A holder has just taken the lease (registered) or is rolling out; anything else has let go.
+        if holds and not (record.state.rolling_out or record.state is RunState.REGISTERED):
             return run_id
     return ""
 

@@ -339,15 +339,25 @@ def _start_rollout(record: RunRecord, services: Services) -> None:
 
 
 def _hold_lease(record: RunRecord, services: Services) -> bool:
-    """Whether this rolling-out run may go on changing its endpoint; steps it aside when overtaken."""
+    """Whether this rolling-out run may go on changing its endpoint; steps it aside when overtaken.
+
+    A run that finds its lease released under it (by a reconciler that judged it ended) takes
+    it back, or waits while someone else (the idle sweep) holds it for a moment.
+    """
     leases = Leases(services.storage.table)
-    lease = leases.get(record.endpoint)
     newer = leases.overtaken(record.endpoint, record)
-    if lease is not None and lease.holder == record.run_id and not newer:
-        return True
-    if not newer and leases.acquire(record.endpoint, record) is Grant.HELD:
-        return True  # the lease was released under it (by a reconciler that misjudged): taken back
-    roll_back(record, services, f"superseded by the newer run {newer or 'holding the endpoint'}", RunState.SUPERSEDED)
+    if not newer:
+        lease = leases.get(record.endpoint)
+        if lease is not None and lease.holder == record.run_id:
+            return True
+        grant = leases.acquire(record.endpoint, record)
+        if grant is Grant.HELD:
+            return True
+        if grant is Grant.WAIT:
+            holder = lease.holder if lease is not None else "?"
+            raise _Wait(f"the lease on {record.endpoint}, held by {holder}")
+        newer = leases.overtaken(record.endpoint, record) or "a newer run"
+    roll_back(record, services, f"superseded by the newer run {newer}", RunState.SUPERSEDED)
     return False
 
 

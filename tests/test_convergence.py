@@ -285,6 +285,25 @@ def test_an_older_run_finishing_after_a_newer_one_is_live_never_deploys(services
     assert len(fake_platform.live_deployments()) == 1
 
 
+def test_a_rollout_whose_lease_the_sweep_holds_for_a_moment_waits(services: Services, fake_platform) -> None:
+    record = submit(services)
+    fake_platform.set_job(record.job_name, JobStatus.COMPLETED)
+    complete(services, fake_platform, record)
+    services.storage.queue.clear_messages()
+    deploying = step_until(services, record.run_id, lambda r: r.state is RunState.DEPLOYING)
+    leases = Leases(services.storage.table)
+    leases.release(deploying.endpoint, record.run_id)  # released under it (a reconciler misjudged)
+    assert leases.hold(deploying.endpoint, "sweep:test")
+
+    result = advance(orjson.dumps({"run_id": record.run_id, "token": deploying.poll_token}), services)
+    assert result.action == "waiting" and "held by sweep:test" in result.reason
+    assert services.runs.get(record.run_id).state is RunState.DEPLOYING
+
+    leases.release(deploying.endpoint, "sweep:test")
+    pump(services)
+    assert_live(services, fake_platform, record)
+
+
 # 6 -----------------------------------------------------------------------------------------
 def test_the_sweep_keeps_an_endpoint_a_rollout_takes_during_its_metrics_call(services: Services, fake_platform) -> None:
     from shared.cleanup import sweep
