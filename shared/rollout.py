@@ -591,11 +591,12 @@ def _previous(record: RunRecord, services: Services, deployments: list[str]) -> 
 def give_up(body: bytes | str, services: Services) -> Result:
     """Poison message: the worker failed on it repeatedly.
 
-    Storage or platform trouble can outlast five quick redeliveries without anything being
-    wrong with the run, so a poisoning after transient trouble only notes it and leaves the
-    run to the reconciler, which tries again on its cadence (the phase deadlines still bound
-    a rollout). Other errors get ``POISON_LIMIT`` poisonings in a row (no step succeeding in
-    between) before the run is ended and what bills cleaned up.
+    Storage or platform trouble, or workers dying, can outlast five quick redeliveries without
+    anything being wrong with the run, so a poisoning after transient trouble (or with no error
+    on record: the worker died) only notes it and leaves the run to the reconciler, which tries
+    again on its cadence (the phase deadlines still bound a rollout). Other errors get
+    ``POISON_LIMIT`` poisonings in a row (no step succeeding in between) before the run is
+    ended and what bills cleaned up.
     """
     run_id = orjson.loads(body)["run_id"]
     record = services.runs.get(run_id)
@@ -603,7 +604,8 @@ def give_up(body: bytes | str, services: Services) -> Result:
         return Result("dropped", run_id, "no run record")
     if record.state.settled:
         return Result("done", run_id, f"already {record.state}")
-    transient = record.last_error.startswith("transient: ")
+    # No error on record: the worker died (killed, out of memory) rather than the run failing.
+    transient = not record.last_error or record.last_error.startswith("transient: ")
     if transient or record.poisoned + 1 < POISON_LIMIT:
         counted = 0 if transient else 1
         noted = services.runs.update(run_id, lambda r: replace(r, poisoned=r.poisoned + counted, poll_token=""))

@@ -54,7 +54,7 @@ RESTART_ROUND = 20
 
 
 def _seeds() -> list[int]:
-    spec = os.environ.get("FTPILOT_FAULT_SEEDS", "1-6")
+    spec = os.environ.get("FTPILOT_FAULT_SEEDS", "1-10")
     first, _, last = spec.partition("-")
     return list(range(int(first), int(last or first) + 1))
 
