@@ -21,7 +21,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from shared.leases import Leases
 from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE
 from shared.platform.port import EndpointInfo
 from shared.runs import RunRecord, RunState, age_s, now
@@ -76,11 +75,11 @@ def _decide(endpoint: EndpointInfo, run: RunRecord | None, services: Services, d
 
 def _delete(endpoint: EndpointInfo, run_id: str, idle: str, services: Services) -> Decision:
     """Delete under the endpoint's lease, after one more look at its runs."""
-    leases, holder = Leases(services.storage.table), f"sweep:{uuid.uuid4().hex[:12]}"
+    leases, holder = services.leases, f"sweep:{uuid.uuid4().hex[:12]}"
     if not leases.hold(endpoint.name, holder):
         return Decision(endpoint.name, "kept", "a rollout holds or waits for the endpoint", run_id)
     try:
-        rolling = [r for r in services.runs.on_endpoint(endpoint.name) if r.state.rolling_out]
+        rolling = [r for r in services.runs.where("endpoint", endpoint.name) if r.state.rolling_out]
         if rolling:
             return Decision(endpoint.name, "kept", f"run {rolling[0].run_id} started rolling out", rolling[0].run_id)
         services.platform.begin_delete_endpoint(endpoint.name)
@@ -94,36 +93,31 @@ def _delete(endpoint: EndpointInfo, run_id: str, idle: str, services: Services) 
 
 
 def _delete_orphans(endpoint: EndpointInfo, services: Services) -> tuple[str, ...]:
-    """Deployments on a kept endpoint that no live or rolling-out run owns, with no traffic, past the grace."""
-    owned = {
-        r.deployment
-        for r in services.runs.on_endpoint(endpoint.name)
-        if r.state.rolling_out or r.state is RunState.LIVE
-    }
+    """Deployments on a kept endpoint that no live or rolling-out run owns, with no traffic, past the grace.
+
+    The run records are read only when the listing shows a candidate (most endpoints have just
+    their live deployment), and then under the endpoint's lease.
+    """
     candidates = [
-        d
+        d.name
         for d in services.platform.list_deployments(endpoint.name)
-        if d.name not in owned
-        and not endpoint.traffic.get(d.name)
-        and _age_s(d.created_at) >= services.settings.cleanup_grace_s
+        if not endpoint.traffic.get(d.name) and _age_s(d.created_at) >= services.settings.cleanup_grace_s
     ]
     if not candidates:
         return ()
-    leases, holder = Leases(services.storage.table), f"sweep:{uuid.uuid4().hex[:12]}"
+    leases, holder = services.leases, f"sweep:{uuid.uuid4().hex[:12]}"
     if not leases.hold(endpoint.name, holder):
         return ()
     try:
-        owned = {
-            r.deployment
-            for r in services.runs.on_endpoint(endpoint.name)
-            if r.state.rolling_out or r.state is RunState.LIVE
-        }
-        deleted = tuple(d.name for d in candidates if d.name not in owned)
+        runs = services.runs.where("endpoint", endpoint.name)
+        owned = {r.deployment for r in runs if r.state.rolling_out or r.state is RunState.LIVE}
+        deleted = tuple(name for name in candidates if name not in owned)
         for name in deleted:
             services.platform.begin_delete_deployment(endpoint.name, name)
     finally:
         leases.release(endpoint.name, holder)
-    log.info("cleanup: %s: deleted orphan deployments %s", endpoint.name, ", ".join(deleted))
+    if deleted:
+        log.info("cleanup: %s: deleted orphan deployments %s", endpoint.name, ", ".join(deleted))
     return deleted
 
 

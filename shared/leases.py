@@ -14,6 +14,7 @@ shares the table's conditional writes: every change is a read-modify-write on th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,22 @@ class Lease:
     def newest_order(self) -> str:
         return max(self.holder_order, self.contender_order, self.champion_order)
 
+    def newer_than(self, record: RunRecord) -> str:
+        """The run newer than ``record`` that wants, holds or won this endpoint, or ''."""
+        mine = order(record)
+        for run_id, theirs in (
+            (self.contender, self.contender_order),
+            (self.champion, self.champion_order),
+            (self.holder, self.holder_order),
+        ):
+            if run_id and run_id != record.run_id and theirs > mine:
+                return run_id
+        return ""
+
+    def champion_newer_than(self, record: RunRecord) -> str:
+        """The id of a newer run that went live on this endpoint, or ''."""
+        return self.champion if self.champion_order > order(record) else ""
+
 
 class Leases:
     def __init__(self, table: TableClient, attempts: int = 8) -> None:
@@ -73,7 +90,7 @@ class Leases:
             return None, ""
         return _lease_of(entity), entity.metadata["etag"]
 
-    def _change(self, endpoint: str, decide: Any) -> Lease:
+    def _change(self, endpoint: str, decide: Callable[[Lease | None], Lease | None]) -> Lease:
         """Apply ``decide(current or None) -> new Lease | None`` under the record's ETag."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
@@ -100,6 +117,10 @@ class Leases:
 
     def acquire(self, endpoint: str, record: RunRecord) -> Grant:
         """Take the endpoint for ``record``, queue behind an older holder, or learn it was overtaken."""
+        return self.claim(endpoint, record)[0]
+
+    def claim(self, endpoint: str, record: RunRecord) -> tuple[Grant, Lease]:
+        """``acquire``, with the lease as it stands after the claim (who holds it, who is newer)."""
         mine = order(record)
 
         def decide(lease: Lease | None) -> Lease | None:
@@ -114,11 +135,11 @@ class Leases:
 
         lease = self._change(endpoint, decide)
         if lease.holder == record.run_id:
-            return Grant.HELD
+            return Grant.HELD, lease
         if lease.contender == record.run_id:
             log.info("lease %s: run %s waits for run %s to step aside", endpoint, record.run_id, lease.holder)
-            return Grant.WAIT
-        return Grant.OVERTAKEN
+            return Grant.WAIT, lease
+        return Grant.OVERTAKEN, lease
 
     def hold(self, endpoint: str, holder: str) -> bool:
         """Take a free endpoint for something other than a run (the idle sweep deleting it).
@@ -134,21 +155,6 @@ class Leases:
             return replace(lease, holder=holder, holder_order="", since=now())
 
         return self._change(endpoint, decide).holder == holder
-
-    def overtaken(self, endpoint: str, record: RunRecord) -> str:
-        """The newer run that wants or won the endpoint ``record`` is rolling out to, or ''."""
-        lease = self.get(endpoint)
-        if lease is None:
-            return ""
-        mine = order(record)
-        for run_id, theirs in (
-            (lease.contender, lease.contender_order),
-            (lease.champion, lease.champion_order),
-            (lease.holder, lease.holder_order),
-        ):
-            if run_id and run_id != record.run_id and theirs > mine:
-                return run_id
-        return ""
 
     def release(self, endpoint: str, run_id: str, *, champion: RunRecord | None = None) -> None:
         """Give the endpoint up: a no-op unless ``run_id`` holds it or waits for it.

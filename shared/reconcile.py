@@ -22,7 +22,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from shared.leases import Lease, Leases
+from shared.leases import Lease
 from shared.naming import job_name
 from shared.rollout import send
 from shared.runs import TRAINING, RunRecord, RunState, age_s
@@ -102,35 +102,25 @@ def _intake_again(record: RunRecord, reason: str, services: Services) -> Check:
     return Check(record.run_id, "intake", f"{reason}; {outcome.action} {outcome.reason}".strip())
 
 
-def _stale(lease: Lease, services: Services) -> str:
-    """Why the lease's holder or contender no longer has a claim, or ''."""
+def _release(lease: Lease, services: Services) -> Check | None:
+    """Release the lease's holder or contender if it no longer has a claim; None when both still do."""
     if lease.holder.startswith("sweep:"):
-        return f"the sweep that took it {lease.since} is gone" if age_s(lease.since) > SWEEP_LEASE_S else ""
+        if age_s(lease.since) <= SWEEP_LEASE_S:
+            return None
+        services.leases.release(lease.endpoint, lease.holder)
+        return Check("", "released", f"{lease.endpoint}: the sweep that took it {lease.since} is gone")
     for run_id, holds in ((lease.holder, True), (lease.contender, False)):
         if not run_id:
             continue
         record = services.runs.get(run_id)
-        if record is None or record.state.settled:
-            return run_id
-        # A holder has just taken the lease (registered) or is rolling out; anything else has let go.
-        if holds and not (record.state.rolling_out or record.state is RunState.REGISTERED):
-            return run_id
-    return ""
-
-
-def _release(lease: Lease, services: Services) -> Check | None:
-    stale = _stale(lease, services)
-    if not stale:
-        return None
-    leases = Leases(services.storage.table)
-    if stale.startswith("the sweep"):
-        leases.release(lease.endpoint, lease.holder)
-        return Check("", "released", f"{lease.endpoint}: {stale}")
-    record = services.runs.get(stale)
-    champion = record if record is not None and record.state is RunState.LIVE else None
-    leases.release(lease.endpoint, stale, champion=champion)
-    state = record.state if record else "missing"
-    return Check(stale, "released", f"{lease.endpoint}: run {stale} is {state}")
+        state = record.state if record is not None else None
+        # A holder has just taken the lease (registered) or is rolling out; a contender waits unsettled.
+        if state is not None and not state.settled and (not holds or state.rolling_out or state is RunState.REGISTERED):
+            continue
+        champion = record if state is RunState.LIVE else None
+        services.leases.release(lease.endpoint, run_id, champion=champion)
+        return Check(run_id, "released", f"{lease.endpoint}: run {run_id} is {state or 'missing'}")
+    return None
 
 
 def reconcile(services: Services) -> list[Check]:
@@ -149,7 +139,7 @@ def reconcile(services: Services) -> list[Check]:
 
     with ThreadPoolExecutor(max_workers=settings.reconcile_concurrency) as pool:
         checks = list(pool.map(one, batch))
-    for lease in Leases(services.storage.table).all():
+    for lease in services.leases.all():
         released = _release(lease, services)
         if released is not None:
             log.warning("reconcile: lease released: %s", released.reason)

@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from shared.events import EventError, ignore_reason, parse
-from shared.leases import Grant, Leases, order
+from shared.leases import Grant, order
 from shared.naming import (
     DATASET_TAG,
     JOB_TAG,
@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 SMOKE_PARAMETERS = {"temperature": 0.6, "top_p": 0.9, "do_sample": True, "max_new_tokens": 200}
 # A scheduled re-check counts as lost when it is this late; an event may then start a new chain.
 POLL_GRACE_S = 300
+# How last_error starts when the error may go away by itself (the poison handler reads it).
+TRANSIENT = "transient: "
 # Poisoned messages in a row (no step succeeding in between) after which a run is ended.
 POISON_LIMIT = 3
 
@@ -147,7 +149,7 @@ def advance(body: bytes | str, services: Services) -> Result:
         return stop(services.runs.get(run_id) or record, services, f"cannot deploy: {error}")
     except Exception as error:
         # Remember why, for the poison handler, then let the queue redeliver.
-        reason = f"{'transient: ' if storage_trouble(error) else ''}{type(error).__name__}: {error}"
+        reason = f"{TRANSIENT if storage_trouble(error) else ''}{type(error).__name__}: {error}"
         services.runs.update(run_id, lambda r: replace(r, last_error=reason[:2000]))
         raise
 
@@ -211,7 +213,7 @@ def backoff_s(services: Services, run_id: str, errors: int, retry_after_s: float
 
 def _retry_later(services: Services, record: RunRecord, error: TransientError) -> Result:
     """A transient platform error: count it and look again after a backoff; the phase's deadline bounds it."""
-    reason = f"transient: {error}"[:2000]
+    reason = f"{TRANSIENT}{error}"[:2000]
     counted = services.runs.update(
         record.run_id, lambda r: replace(r, last_error=reason, transient_errors=r.transient_errors + 1)
     )
@@ -238,9 +240,10 @@ def _run_steps(record: RunRecord, services: Services) -> Result:
         record = services.runs.get(record.run_id) or record
         if record.state is before:  # another worker holds this step; its chain goes on
             break
-    services.runs.update(
-        record.run_id, lambda r: replace(r, poll_token="", poll_due_at="") if r.poll_token == token != "" else None
-    )
+    if token:  # this message's chain ends here, unless another worker has moved it on
+        services.runs.update(
+            record.run_id, lambda r: replace(r, poll_token="", poll_due_at="") if r.poll_token == token else None
+        )
     return Result("done", record.run_id, str(record.state))
 
 
@@ -253,8 +256,8 @@ def _move(services: Services, record: RunRecord, to: RunState, note: str = "", *
 
 def _champion_newer(record: RunRecord, services: Services) -> str:
     """The id of a newer run that went live on this run's endpoint, or ''."""
-    lease = Leases(services.storage.table).get(endpoint_name(record.dataset))
-    return lease.champion if lease and lease.champion_order > order(record) else ""
+    lease = services.leases.get(endpoint_name(record.dataset))
+    return lease.champion_newer_than(record) if lease else ""
 
 
 def supersede(record: RunRecord, services: Services, by: str) -> None:
@@ -264,7 +267,7 @@ def supersede(record: RunRecord, services: Services, by: str) -> None:
         services.platform.begin_cancel_job(record.job_name)
         reason += f"; job {record.job_name} canceled"
     _move(services, record, RunState.SUPERSEDED, reason=reason)
-    Leases(services.storage.table).release(endpoint_name(record.dataset), record.run_id)
+    services.leases.release(endpoint_name(record.dataset), record.run_id)
     log.info("rollout: run %s %s", record.run_id, reason)
 
 
@@ -319,14 +322,12 @@ def _register(record: RunRecord, services: Services) -> None:
 def _start_rollout(record: RunRecord, services: Services) -> None:
     """Take the endpoint's lease, then start deploying; or wait behind an older run; or step aside."""
     endpoint = endpoint_name(record.dataset)
-    leases = Leases(services.storage.table)
-    grant = leases.acquire(endpoint, record)
+    grant, lease = services.leases.claim(endpoint, record)
     if grant is Grant.OVERTAKEN:
-        supersede(record, services, leases.overtaken(endpoint, record) or "a newer run")
+        supersede(record, services, lease.newer_than(record) or "a newer run")
         return
     if grant is Grant.WAIT:
-        lease = leases.get(endpoint)
-        raise _Wait(f"run {lease.holder if lease else '?'} to finish its rollout on {endpoint}")
+        raise _Wait(f"run {lease.holder} to finish its rollout on {endpoint}")
     _move(
         services,
         record,
@@ -344,19 +345,17 @@ def _hold_lease(record: RunRecord, services: Services) -> bool:
     A run that finds its lease released under it (by a reconciler that judged it ended) takes
     it back, or waits while someone else (the idle sweep) holds it for a moment.
     """
-    leases = Leases(services.storage.table)
-    newer = leases.overtaken(record.endpoint, record)
+    lease = services.leases.get(record.endpoint)
+    newer = lease.newer_than(record) if lease else ""
     if not newer:
-        lease = leases.get(record.endpoint)
         if lease is not None and lease.holder == record.run_id:
             return True
-        grant = leases.acquire(record.endpoint, record)
+        grant, lease = services.leases.claim(record.endpoint, record)
         if grant is Grant.HELD:
             return True
         if grant is Grant.WAIT:
-            holder = lease.holder if lease is not None else "?"
-            raise _Wait(f"the lease on {record.endpoint}, held by {holder}")
-        newer = leases.overtaken(record.endpoint, record) or "a newer run"
+            raise _Wait(f"the lease on {record.endpoint}, held by {lease.holder}")
+        newer = lease.newer_than(record) or "a newer run"
     roll_back(record, services, f"superseded by the newer run {newer}", RunState.SUPERSEDED)
     return False
 
@@ -506,22 +505,24 @@ def _promote(record: RunRecord, services: Services) -> None:
             return
         raise _Wait(f"traffic to move to {record.deployment}")
     others = [d for d in platform.list_deployments(record.endpoint) if d.name != record.deployment]
-    rolling = {r.deployment for r in services.runs.all() if r.endpoint == record.endpoint and r.state.rolling_out}
+    sharing = services.runs.where("endpoint", record.endpoint)
+    rolling = {r.deployment for r in sharing if r.state.rolling_out}
     retiring = [d for d in others if d.name not in rolling]
     for deployment in retiring:
         if deployment.state is not ProvisioningState.DELETING:
             platform.begin_delete_deployment(record.endpoint, deployment.name)
     if retiring:
         raise _Wait(f"the replaced deployments {', '.join(d.name for d in retiring)} to be deleted")
-    _retire_previous_runs(record, services)
+    _retire_previous_runs(record, services, sharing)
     live = _move(services, record, RunState.LIVE, f"live on {record.endpoint}")
-    Leases(services.storage.table).release(record.endpoint, record.run_id, champion=live)
+    services.leases.release(record.endpoint, record.run_id, champion=live)
     _supersede_older(live, services)
 
 
-def _retire_previous_runs(record: RunRecord, services: Services) -> None:
-    for other in services.runs.all():
-        if other.run_id != record.run_id and other.endpoint == record.endpoint and other.state is RunState.LIVE:
+def _retire_previous_runs(record: RunRecord, services: Services, sharing: list[RunRecord]) -> None:
+    """Retire the live runs among ``sharing`` (the runs on this endpoint), other than ``record``."""
+    for other in sharing:
+        if other.run_id != record.run_id and other.state is RunState.LIVE:
             services.runs.update(
                 other.run_id,
                 lambda r: (
@@ -533,10 +534,9 @@ def _retire_previous_runs(record: RunRecord, services: Services) -> None:
 def _supersede_older(live: RunRecord, services: Services) -> None:
     """Older uploads of this dataset that have not started rolling out will never serve: end them now."""
     mine = order(live)
-    for other in services.runs.all():
+    for other in services.runs.where("dataset", live.dataset):  # the endpoint is named after the dataset
         if (
             other.run_id != live.run_id
-            and endpoint_name(other.dataset) == live.endpoint
             and not other.state.terminal
             and not other.state.rolling_out
             and other.state is not RunState.RECEIVED
@@ -576,7 +576,7 @@ def _unwind(record: RunRecord, services: Services) -> None:
             raise _Wait(f"deployment {record.deployment} to be deleted")
     ending = RunState(record.ending or RunState.ROLLED_BACK)
     _move(services, record, ending, reason=record.reason)
-    Leases(services.storage.table).release(record.endpoint, record.run_id)
+    services.leases.release(record.endpoint, record.run_id)
     log.warning("rollout: run %s %s: %s", record.run_id, ending, record.reason)
 
 
@@ -584,7 +584,7 @@ def _previous(record: RunRecord, services: Services, deployments: list[str]) -> 
     """The deployment that served before this run took the traffic: the one it replaced, or the live run's."""
     if record.replaces in deployments:
         return record.replaces
-    live = [r.deployment for r in services.runs.all() if r.endpoint == record.endpoint and r.state is RunState.LIVE]
+    live = [r.deployment for r in services.runs.where("endpoint", record.endpoint) if r.state is RunState.LIVE]
     return next((name for name in live if name in deployments), "")
 
 
@@ -605,7 +605,7 @@ def give_up(body: bytes | str, services: Services) -> Result:
     if record.state.settled:
         return Result("done", run_id, f"already {record.state}")
     # No error on record: the worker died (killed, out of memory) rather than the run failing.
-    transient = not record.last_error or record.last_error.startswith("transient: ")
+    transient = not record.last_error or record.last_error.startswith(TRANSIENT)
     if transient or record.poisoned + 1 < POISON_LIMIT:
         counted = 0 if transient else 1
         noted = services.runs.update(run_id, lambda r: replace(r, poisoned=r.poisoned + counted, poll_token=""))
@@ -631,7 +631,7 @@ def stop(record: RunRecord, services: Services, reason: str) -> Result:
             if record.state in TRAINING and record.job_name:
                 services.platform.begin_cancel_job(record.job_name)
             _move(services, record, RunState.FAILED, reason=reason)
-            Leases(services.storage.table).release(endpoint_name(record.dataset), record.run_id)
+            services.leases.release(endpoint_name(record.dataset), record.run_id)
     except _Wait as wait:
         return _wait(services, services.runs.get(record.run_id) or record, _Wait(wait.note))
     return Result("done", record.run_id, reason)

@@ -289,11 +289,10 @@ class RunStore:
         for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}'"):
             yield RunRecord.from_entity(entity)
 
-    def on_endpoint(self, endpoint: str) -> list[RunRecord]:
-        """The runs that have rolled out to ``endpoint``, read now (one filtered query)."""
+    def where(self, field: str, value: str) -> list[RunRecord]:
+        """The runs whose ``field`` equals ``value``, read now (one filtered query, not a scan)."""
         entities = self._table.query_entities(
-            "PartitionKey eq @partition and endpoint eq @endpoint",
-            parameters={"partition": PARTITION, "endpoint": endpoint},
+            f"PartitionKey eq @partition and {field} eq @value", parameters={"partition": PARTITION, "value": value}
         )
         return [RunRecord.from_entity(entity) for entity in entities]
 

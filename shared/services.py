@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from shared.config import Settings, get_settings
+from shared.leases import Leases
 from shared.platform.port import MLPlatform
 from shared.runs import RunStore
 from shared.storage import Storage
@@ -36,6 +37,10 @@ class Services:
     @cached_property
     def runs(self) -> RunStore:
         return RunStore(self.storage.table)
+
+    @cached_property
+    def leases(self) -> Leases:
+        return Leases(self.storage.table)
 
     @property
     def platform(self) -> MLPlatform:

@@ -97,7 +97,7 @@ def request_json(
     ``what`` names the call in error messages ("scoring ep/blue"); ``secrets`` are removed from any
     text that ends up in one. ``timeout_s`` bounds connecting and each read of every try.
     """
-    from azure.core.exceptions import AzureError, ServiceResponseError
+    from azure.core.exceptions import AzureError, ServiceRequestTimeoutError, ServiceResponseTimeoutError
     from azure.core.rest import HttpRequest
 
     secrets = [secret for secret in secrets if secret]
@@ -110,11 +110,9 @@ def request_json(
     try:
         response = _client().send_request(request, connection_timeout=timeout_s, read_timeout=timeout_s)
         raw = response.read()
-    except ServiceResponseError as exc:
-        if _timed_out(exc):
-            raise TransientError(f"{what} timed out after {timeout_s:g} s") from None
-        raise TransientError(f"{what} failed: {_scrub(_first_line(exc), secrets)}") from None
-    except AzureError as exc:  # no connection, or the retries ran out
+    except (ServiceRequestTimeoutError, ServiceResponseTimeoutError):
+        raise TransientError(f"{what} timed out after {timeout_s:g} s") from None
+    except AzureError as exc:  # no connection, a reset, or the retries ran out
         raise TransientError(f"{what} failed: {_scrub(_first_line(exc), secrets)}") from None
     status = response.status_code
     if status >= 300:
@@ -129,18 +127,6 @@ def request_json(
         return json.loads(raw)
     except ValueError:
         raise PlatformError(f"{what} answered with something other than JSON: {_excerpt(raw, secrets)}") from None
-
-
-def _timed_out(error: Exception) -> bool:
-    """Whether a transport error was a timeout (requests' ReadTimeout, or a socket timeout under it)."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, TimeoutError) or "timeout" in type(current).__name__.lower():
-            return True
-        current = getattr(current, "inner_exception", None) or current.__cause__ or current.__context__
-    return "timed out" in str(error).lower()
 
 
 def _first_line(error: Exception) -> str:
