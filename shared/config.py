@@ -129,6 +129,18 @@ class Settings(BaseSettings):
         """An app setting left empty (as in local.settings.sample.json) means 'not set'."""
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("cleanup_schedule", "reconcile_schedule")
+    @classmethod
+    def _ncrontab(cls, value: str) -> str:
+        """Azure Functions timers take six fields, seconds first; a five-field cron line is the usual slip."""
+        fields = value.split()
+        if len(fields) != 6:
+            example = "0 */5 * * * *"
+            raise ValueError(
+                f"{value!r} has {len(fields)} fields; an NCRONTAB schedule has six, seconds first (e.g. {example!r})"
+            )
+        return value
+
     @field_validator("intake_prefix", "reports_prefix", "prepared_prefix")
     @classmethod
     def _prefix_shape(cls, value: str) -> str:

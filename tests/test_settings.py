@@ -49,3 +49,12 @@ def test_a_bad_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FTPILOT_TEST_FRACTION", "1.5")
     with pytest.raises(ValidationError, match="test_fraction"):
         Settings()
+
+
+@pytest.mark.parametrize("setting", ["FTPILOT_CLEANUP_SCHEDULE", "FTPILOT_RECONCILE_SCHEDULE"])
+def test_a_five_field_cron_schedule_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.setenv(setting, "*/5 * * * *")
+    with pytest.raises(ValidationError, match=r"(?s)schedule.*has 5 fields; an NCRONTAB schedule has six"):
+        Settings()
