@@ -710,3 +710,22 @@ def test_request_count_of_a_quiet_or_missing_endpoint(azure: Azure) -> None:
     assert azure.platform.endpoint_request_count(ENDPOINT, 30) == 0
     with pytest.raises(NotFoundError):
         azure.platform.endpoint_request_count("gone", 600)
+
+
+def test_the_sdk_pollers_print_nothing_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    """azure-ai-ml's pollers print '.' per status check from their own threads; ftpilot's stdout is JSON."""
+    import time
+
+    wire = Wire.start()
+    platform = wire.platform()
+    platform.begin_create_endpoint(EndpointRequest("ep-quiet", "quiet"))
+    wire.emulator.settle()
+    mark = wire.recorder.mark()
+    platform.begin_delete_endpoint("ep-quiet")  # deletes poll with AzureMLPolling, the printing kind
+    deadline = time.monotonic() + 20  # the SDK polls every 5 s
+    while not any(s.is_poll and s.thread.startswith("LROPoller") for s in wire.recorder.since(mark)):
+        assert time.monotonic() < deadline, "the poller never checked the operation"
+        time.sleep(0.1)
+    time.sleep(0.2)  # past the status update that would print
+    wire.emulator.settle()
+    assert capsys.readouterr().out == ""

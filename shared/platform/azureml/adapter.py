@@ -78,6 +78,7 @@ class AzureMLPlatform:
         monitor_client: MonitorManagementClient | None = None,
     ) -> None:
         self.settings = settings
+        self._quieted = False
         self._ml_client = ml_client
         self._registry_client = registry_client
         self._credential = credential
@@ -97,13 +98,21 @@ class AzureMLPlatform:
         if self._ml_client is None:
             clients.check_workspace_settings(self.settings)  # before a credential is built for nothing
             self._ml_client = clients.workspace_client(self.settings, self.credential)
+        self._quiet()
         return self._ml_client
 
     @property
     def registry_client(self) -> MLClient:
         if self._registry_client is None:
             self._registry_client = clients.registry_client(self.settings, self.credential)
+        self._quiet()
         return self._registry_client
+
+    def _quiet(self) -> None:
+        """Once the SDK is loaded (never at import time: it costs seconds), keep its pollers off stdout."""
+        if not self._quieted:
+            clients.quiet_pollers()
+            self._quieted = True
 
     @property
     def metrics_reader(self) -> JobMetricsReader:

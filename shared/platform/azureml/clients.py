@@ -26,6 +26,19 @@ _WORKSPACE_SETTINGS = (
 )
 
 
+def quiet_pollers() -> None:
+    """Stop azure-ai-ml's pollers printing a '.' to stdout on every status check.
+
+    ``AzureMLPolling.update_status`` does, from the poller's own thread, long after the call
+    that started the operation returned: into the JSON that ``cleanup --json`` prints, and into
+    the Function App's output. The polling itself is the base class's and stays as it is.
+    """
+    from azure.ai.ml._utils._azureml_polling import AzureMLPolling
+    from azure.mgmt.core.polling.arm_polling import ARMPolling
+
+    AzureMLPolling.update_status = ARMPolling.update_status  # type: ignore[method-assign]
+
+
 def default_credential() -> TokenCredential:
     """Managed identity in Azure; environment, CLI or developer login elsewhere."""
     from azure.identity import DefaultAzureCredential
