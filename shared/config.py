@@ -115,6 +115,18 @@ class Settings(BaseSettings):
         "when unset or not loadable offline, a tiny random model of the requested family stands in.",
     )
 
+    # Local endpoints: what one deployment takes before it refuses.
+    endpoint_max_request_bytes: int = Field(
+        1_048_576, gt=0, description="Largest request body an endpoint accepts (413 beyond it)."
+    )
+    endpoint_request_timeout_s: float = Field(
+        90, gt=0, description="A request not answered in this long (waiting included) ends with 408."
+    )
+    endpoint_max_batch: int = Field(8, ge=1, description="Sequences a deployment generates in one batch.")
+    endpoint_max_waiting: int = Field(
+        32, ge=0, description="Sequences that may wait for a batch; beyond, 429 with Retry-After."
+    )
+
     @field_validator(
         "subscription_id",
         "resource_group",

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 import pytest
 from azure.storage.blob import ContainerClient
 
@@ -312,6 +316,91 @@ def test_openai_chat_completions(platform: LocalPlatform, endpoint: EndpointInfo
     assert body["choices"][0]["message"]["role"] == "assistant"
     assert isinstance(body["choices"][0]["message"]["content"], str)
     assert body["usage"]["completion_tokens"] <= 20
+
+
+def test_no_port_answers_without_the_key(platform: LocalPlatform, endpoint: EndpointInfo) -> None:
+    """The router wants the endpoint key; a deployment's own port wants a secret only the router has."""
+    _, router_port = server_row(platform)
+    _, deployment_port = server_row(platform, "blue")
+    key = {"Authorization": f"Bearer {platform.get_endpoint_key(ENDPOINT)}"}
+    for port, tried in ((router_port, {}), (deployment_port, {}), (deployment_port, key)):
+        for path in ("/score", "/v1/chat/completions"):
+            answer = httpx.post(f"http://127.0.0.1:{port}{path}", json=SMOKE, headers=tried, timeout=60)
+            assert answer.status_code == 401, (port, path, tried)
+    assert httpx.get(f"http://127.0.0.1:{deployment_port}/health", timeout=10).status_code == 401
+    layout = platform.layout
+    assert stat.S_IMODE(layout.root.stat().st_mode) == 0o700
+    assert stat.S_IMODE(layout.state_db.stat().st_mode) == 0o600
+    assert stat.S_IMODE(layout.keys.stat().st_mode) == 0o700
+
+
+def test_the_openai_sdk_talks_to_the_endpoint(platform: LocalPlatform, endpoint: EndpointInfo) -> None:
+    import openai
+
+    sdk = openai.OpenAI(
+        base_url=endpoint.scoring_uri.removesuffix("/score") + "/v1",
+        api_key=platform.get_endpoint_key(ENDPOINT),
+        default_headers={"azureml-model-deployment": "blue"},  # no traffic is set yet
+        max_retries=0,
+    )
+    completion = sdk.chat.completions.create(model="any", messages=QUESTION, max_tokens=10)
+    assert completion.choices[0].message.role == "assistant"
+    streamed = sdk.chat.completions.create(model="any", messages=QUESTION, max_tokens=10, stream=True)
+    assert [chunk.object for chunk in streamed][-1] == "chat.completion.chunk"
+
+
+def test_mlflow_serves_the_registered_model_as_chat(platform: LocalPlatform, model: ModelInfo, tmp_path: Path) -> None:
+    """``mlflow models serve`` on the registered version takes OpenAI-style messages (the chat task's signature)."""
+    from shared.platform.local.loopback import free_port
+    from shared.platform.local.processes import child_env, stop
+
+    port = free_port()
+    env = {**child_env(platform.settings), "MLFLOW_TRACKING_URI": tracking.tracking_uri(platform.layout)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # it runs the venv's uvicorn
+    log = tmp_path / "mlflow-serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                model.id,
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, log.read_text()[-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/invocations", json={"messages": QUESTION, "max_tokens": 10}, timeout=60
+        )
+        assert answer.status_code == 200, answer.text
+        (completion,) = answer.json()
+        assert completion["object"] == "chat.completion"
+        assert completion["choices"][0]["message"]["role"] == "assistant"
+    finally:
+        stop(Proc(server.pid, psutil.Process(server.pid).create_time()) if server.poll() is None else None)
+        server.wait(10)
 
 
 def test_a_model_that_does_not_load_fails_the_deployment(platform: LocalPlatform, endpoint: EndpointInfo) -> None:

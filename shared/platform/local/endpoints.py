@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from sqlite3 import Connection, Row
@@ -35,7 +35,7 @@ from typing import Any
 from shared.config import Settings
 from shared.platform.local import keys, usage
 from shared.platform.local.layout import Layout
-from shared.platform.local.loopback import HOST, free_port, healthy, port_free
+from shared.platform.local.loopback import HOST, answers, free_port, port_free
 from shared.platform.local.processes import Proc, alive, log_tail, spawn, stop
 from shared.platform.local.store import Store, now
 from shared.platform.port import (
@@ -52,6 +52,7 @@ from shared.platform.port import (
 ROUTER_MODULE = "shared.platform.local.router"
 SERVER_MODULE = "shared.platform.local.scoring_server"
 DEPLOYMENT_HEADER = "azureml-model-deployment"
+SECRET_HEADER = "x-ftpilot-deployment-secret"  # what a deployment demands of every request (``keys``)
 # Azure ML's rule for endpoint and deployment names (they also name files here).
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]")
 ERROR_LINES = 3  # of a dead server's log, as the deployment's error
@@ -74,6 +75,7 @@ class _Server:
     port: int
     proc: Proc | None
     log: Path
+    ready: Callable[[int], bool]
 
     def observe(self) -> tuple[ProvisioningState, str | None, bool]:
         """(state now, error, whether that is news to store) from the stored state and the process."""
@@ -83,7 +85,7 @@ class _Server:
             if not alive(self.proc):
                 error = f"the server exited before answering:\n{log_tail(self.log, ERROR_LINES)}"
                 return ProvisioningState.FAILED, error, True
-            if healthy(self.port):
+            if self.ready(self.port):
                 return ProvisioningState.SUCCEEDED, None, True
         elif self.state is ProvisioningState.SUCCEEDED and not alive(self.proc):
             error = f"the server (pid {self.proc.pid}) is not running; LocalPlatform.recover() restarts it"
@@ -108,7 +110,9 @@ class Endpoints:
         return db.execute("SELECT * FROM endpoints WHERE name = ?", (name,)).fetchone()
 
     def _endpoint_info(self, row: Row) -> EndpointInfo:
-        server = _Server(ProvisioningState(row["state"]), row["port"], _proc(row), self._router_log(row["name"]))
+        server = _Server(
+            ProvisioningState(row["state"]), row["port"], _proc(row), self._router_log(row["name"]), _router_ready
+        )
         state, _, news = server.observe()
         if news:
             with self.store.write() as db:  # unless another observer or a restart changed the row meanwhile
@@ -223,7 +227,8 @@ class Endpoints:
 
     def _deployment_info(self, row: Row) -> DeploymentInfo:
         log = self._server_log(row["endpoint"], row["name"])
-        server = _Server(ProvisioningState(row["state"]), row["port"], _proc(row), log)
+        ready = _deployment_ready(self.layout.keys, row["endpoint"], row["name"])
+        server = _Server(ProvisioningState(row["state"]), row["port"], _proc(row), log, ready)
         state, error, news = server.observe()
         if news:
             with self.store.write() as db:  # unless another observer or a restart changed the row meanwhile
@@ -271,6 +276,7 @@ class Endpoints:
                     )
                 return
             port = free_port()
+            keys.create_deployment_secret(self.layout.keys, request.endpoint_name, request.name)
             proc = self._spawn_server(request.endpoint_name, request.name, port, request.model_id)
             db.execute(
                 "INSERT INTO deployments (endpoint, name, model_id, instance_type, instance_count, tags, state,"
@@ -307,6 +313,7 @@ class Endpoints:
                 traffic.pop(name, None)
                 db.execute("UPDATE endpoints SET traffic = ? WHERE name = ?", (json.dumps(traffic), endpoint))
         stop(_proc(row))
+        keys.delete_deployment_secret(self.layout.keys, endpoint, name)
         self._server_log(endpoint, name).unlink(missing_ok=True)
 
     def _spawn_server(self, endpoint: str, name: str, port: int, model_id: str) -> Proc:
@@ -361,6 +368,19 @@ class Endpoints:
 
 def scoring_uri(port: int) -> str:
     return f"http://{HOST}:{port}/score"
+
+
+def _router_ready(port: int) -> bool:
+    """A router is up once it answers its health check at all (503 says a deployment is not)."""
+    return answers(port, "/health") is not None
+
+
+def _deployment_ready(keys_dir: Path, endpoint: str, deployment: str) -> Callable[[int], bool]:
+    def ready(port: int) -> bool:
+        secret = keys.read_deployment_secret(keys_dir, endpoint, deployment)
+        return answers(port, "/health", {SECRET_HEADER: secret}) == 200
+
+    return ready
 
 
 def _proc(row: Row) -> Proc | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 
 HOST = "127.0.0.1"
 HEALTH_TIMEOUT_S = 1.0
@@ -28,10 +29,13 @@ def port_free(port: int) -> bool:
         return True
 
 
-def healthy(port: int) -> bool:
-    """Whether the server on ``port`` answers ``GET /health`` with 200."""
+def answers(port: int, path: str, headers: Mapping[str, str] | None = None) -> int | None:
+    """The status the server on ``port`` answers ``GET path`` with, or None when nothing answers."""
+    request = urllib.request.Request(f"http://{HOST}:{port}{path}", headers=dict(headers or {}))
     try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=HEALTH_TIMEOUT_S) as response:
-            return response.status == 200
+        with urllib.request.urlopen(request, timeout=HEALTH_TIMEOUT_S) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
     except (urllib.error.URLError, OSError):
-        return False
+        return None

@@ -53,6 +53,8 @@ class LocalPlatform:
         # Children run elsewhere (their own working directory), so the root must be absolute.
         self.settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
         self.layout = Layout(self.settings.data_dir)
+        self.layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.layout.root.chmod(0o700)  # ports, logs, models and keys: nobody else's business
         store = Store(self.layout.state_db)
         self.jobs = Jobs(self.settings, store)
         self.registry = Registry(self.layout, store)

@@ -9,8 +9,9 @@ step, eval loss, runtime, and the trained model as the run's ``trained_model`` o
 The model is logged with MLflow's transformers flavor, LoRA merged into the base weights, with the
 tokenizer and its chat template. That is the format Azure's pipeline registers (an MLflow model
 folder, not a pyfunc wrapper around our own code), so the registered model loads with nothing
-ftpilot-specific; its signature declares the generation settings, without which MLflow's pyfunc
-``predict`` ignores ``max_new_tokens`` and friends.
+ftpilot-specific. It is logged with the flavor's chat task (``llm/v1/chat``), whose signature is
+OpenAI's messages in and a ``chat.completion`` out, so ``mlflow models serve`` on the registered
+model takes conversations, not a bare string.
 
 The process reports its own end (completed, or failed with the end of its traceback) to the state
 database, emits the run events, and starts the next queued job. The splits are fetched before the
@@ -42,8 +43,8 @@ from shared.platform.port import FineTuneRequest, JobStatus
 log = logging.getLogger("ftpilot.trainer")
 
 MODEL_OUTPUT = "trained_model"
-# Declared in the model's signature so pyfunc predict honours them; the rollout's smoke-test values.
-GENERATION_PARAMS = {"max_new_tokens": 200, "temperature": 0.6, "top_p": 0.9, "do_sample": True}
+# MLflow's transformers task for chat models: OpenAI-style messages in, a chat completion out.
+CHAT_TASK = "llm/v1/chat"
 SERVING_PACKAGES = ("torch", "transformers", "accelerate", "tokenizers")
 ERROR_LINES = 6
 CLAIM_WAIT_S = 10.0
@@ -130,8 +131,7 @@ def train(settings: Settings, jobs: Jobs, job: JobRecord) -> str:
         logged = mlflow.transformers.log_model(
             {"model": trained, "tokenizer": tokenizer},
             name=MODEL_OUTPUT,
-            task="text-generation",
-            signature=mlflow.models.infer_signature(["prompt"], ["completion"], params=GENERATION_PARAMS),
+            task=CHAT_TASK,
             # Pinned to what trained it; also spares MLflow's inference, which wants torchvision.
             pip_requirements=[f"{name}=={version(name).split('+')[0]}" for name in SERVING_PACKAGES],
         )
