@@ -316,6 +316,7 @@ def _register(record: RunRecord, services: Services) -> None:
         f"model {model.name}:{model.version}",
         model_name=model.name,
         model_version=model.version,
+        model_id=model.id,
     )
 
 
@@ -514,7 +515,7 @@ def _promote(record: RunRecord, services: Services) -> None:
     if retiring:
         raise _Wait(f"the replaced deployments {', '.join(d.name for d in retiring)} to be deleted")
     _retire_previous_runs(record, services, sharing)
-    live = _move(services, record, RunState.LIVE, f"live on {record.endpoint}")
+    live = _move(services, record, RunState.LIVE, f"live on {record.endpoint}", scoring_uri=endpoint.scoring_uri or "")
     services.leases.release(record.endpoint, record.run_id, champion=live)
     _supersede_older(live, services)
 

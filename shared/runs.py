@@ -158,8 +158,10 @@ class RunRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     model_name: str = ""
     model_version: str = ""
+    model_id: str = ""  # what a deployment serves: the platform's id of the registered version
     endpoint: str = ""
     deployment: str = ""
+    scoring_uri: str = ""  # the endpoint's, once the run is live there
     reason: str = ""
     last_error: str = ""
     phase_started_at: str = ""

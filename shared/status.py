@@ -16,7 +16,10 @@ class StatusRow:
     state: str
     job: str
     model: str
+    model_id: str
+    model_version: str
     endpoint: str
+    scoring_uri: str
     last_activity: str
     reason: str
     waiting_for: str
@@ -38,7 +41,10 @@ class StatusRow:
             state=str(record.state),
             job=record.job_name,
             model=f"{record.model_name}:{record.model_version}" if record.model_name else "",
+            model_id=record.model_id,
+            model_version=record.model_version,
             endpoint=record.endpoint,
+            scoring_uri=record.scoring_uri if record.state is RunState.LIVE else "",
             last_activity=record.updated_at,
             reason=reason or record.last_error,
             waiting_for=record.waiting_for if waits else "",
@@ -69,7 +75,7 @@ def render(table_rows: list[StatusRow]) -> Any:
             row.state,
             row.job,
             row.model,
-            row.endpoint,
+            f"{row.endpoint}\n{row.scoring_uri}" if row.scoring_uri else row.endpoint,
             row.last_activity,
             waiting,
             row.reason,

@@ -9,10 +9,14 @@ the host in the middle of a rollout and proves a new host takes the run the rest
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import orjson
@@ -131,6 +135,14 @@ def test_upload_to_live_endpoint_to_idle_sweep(settings: Settings, caplog: pytes
         assert answer.status_code == 200
         assert isinstance(answer.json()["output"], str)
         assert any(endpoint.scoring_uri in line for line in printed)  # the host showed where to call it
+        # ... and how: the printed curl and openai commands work as printed, reading the key from its file.
+        for label in ("curl:", "openai:"):
+            (command,) = [line.split(label, 1)[1].strip() for line in printed if line.strip().startswith(label)]
+            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+            ran = subprocess.run(command, check=False, shell=True, capture_output=True, text=True, timeout=120, env=env)
+            assert ran.returncode == 0, (command, ran.stdout[-2000:], ran.stderr[-2000:])
+            assert label != "curl:" or "output" in orjson.loads(ran.stdout)
+        assert live.scoring_uri == endpoint.scoring_uri
 
         # The key is fetched at call time only: never in the run record, the reports, the logs or the output.
         entity = host.services.storage.table.get_entity("run", live.run_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from shared.host.runner import RunPrinter, storage_ports
 from shared.runs import RunRecord, RunState
@@ -22,14 +23,19 @@ def test_only_new_steps_are_printed_with_metrics_endpoint_and_reason() -> None:
 
     metrics = {"train_loss": 1.25, "eval_loss": 1.5, "grad_norm": 3.0, "epoch": 1.0}
     done = earlier.moved(RunState.SUCCEEDED, "job completed", metrics=metrics)
-    live = replace(done.moved(RunState.LIVE, "live on ft-chat"), endpoint="ft-chat")
-    printer.update([live], lambda name: f"http://127.0.0.1:5000/{name}/score")
-    assert [line.split("] ", 1)[-1].strip() for line in printed] == [
+    uri = "http://127.0.0.1:5000/score"
+    live = replace(done.moved(RunState.LIVE, "live on ft-chat", scoring_uri=uri), endpoint="ft-chat")
+    printer.update([live], lambda name: Path(f"/data/keys/{name}.key"))
+    lines = [line.split("] ", 1)[-1].strip() for line in printed]
+    assert lines[:4] == [
         "run 01234567 incoming/chat.jsonl: succeeded - job completed",
         "metrics: train_loss=1.25, eval_loss=1.5, epoch=1",
         "run 01234567 incoming/chat.jsonl: live - live on ft-chat",
-        "endpoint ft-chat: http://127.0.0.1:5000/ft-chat/score",
+        f"endpoint ft-chat: {uri}",
     ]
+    curl, python = lines[4:]
+    assert curl.startswith(f"curl:   curl -sS --fail-with-body {uri} ") and "$(cat /data/keys/ft-chat.key)" in curl
+    assert python.startswith("openai: python -c ") and "http://127.0.0.1:5000/v1" in python
 
     printed.clear()
     failed = live.moved(RunState.ROLLED_BACK, reason="smoke test failed: empty output")

@@ -9,7 +9,6 @@ idle window, sweep schedule); every step is the real one.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 import time
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.config import Settings
+from shared.host.calling import curl, openai_snippet
 from shared.host.runner import LocalHost
 from shared.platform.local.layout import Layout
 from shared.rollout import SMOKE_PARAMETERS, scoring_request, test_prompt
@@ -33,7 +33,6 @@ DEMO_SETTINGS = {
     # answers were empty, which the smoke test rightly refuses.
     "FTPILOT_FINETUNE_PARAMETERS": '{"learning_rate": 0.002}',
 }
-SCORING_EXAMPLE = json.dumps(scoring_request([{"role": "user", "content": "Hi!"}], {}))
 
 
 class DemoFailed(Exception):
@@ -127,9 +126,9 @@ Where to look next:
                                               into {intake} (Azurite) to fine-tune
   python -m shared.cli validate FILE --show 3 check a dataset before uploading it
 
-Calling a live endpoint (while `up` runs; the URL is printed when it goes live, the key is in
-{layout.keys}/<endpoint>.key), the same way as a managed online endpoint on Azure:
-  curl -s <scoring URL> -H "Authorization: Bearer $(cat {layout.keys}/<endpoint>.key)" \\
-       -H "Content-Type: application/json" \\
-       -d '{SCORING_EXAMPLE}'
+Calling a live endpoint (while `up` runs; `up` prints these, filled in, when a run goes live; the
+key is in {layout.keys}/<endpoint>.key), as a managed online endpoint on Azure is called:
+  {curl("<scoring URL>", f"{layout.keys}/<endpoint>.key")}
+and through its OpenAI-compatible surface (<scoring URL> without /score, plus /v1):
+  {openai_snippet("<scoring URL>", f"{layout.keys}/<endpoint>.key")}
 """

@@ -19,9 +19,12 @@ from pathlib import Path
 from shared import azurite
 from shared.config import Settings
 from shared.host.blobs import BlobWatcher
+from shared.host.calling import how_to_call
 from shared.host.deliveries import event_grid, timer
 from shared.host.queues import deliver
 from shared.host.timer import Schedule
+from shared.platform.local.keys import key_path
+from shared.platform.local.layout import Layout
 from shared.runs import FAILURES, RunRecord, RunState
 from shared.services import Services, use_services
 from shared.storage import Storage
@@ -57,7 +60,8 @@ class RunPrinter:
         for record in records:
             self._seen[record.run_id] = len(record.history)
 
-    def update(self, records: list[RunRecord], scoring_uri: Callable[[str], str | None]) -> None:
+    def update(self, records: list[RunRecord], key_file: Callable[[str], Path | None]) -> None:
+        """``key_file`` says where an endpoint's key is, for the commands printed when a run goes live."""
         for record in records:
             shown = self._seen.get(record.run_id, 0)
             for entry in record.history[shown:]:
@@ -72,8 +76,11 @@ class RunPrinter:
                     shown = [k for k in HEADLINE_METRICS if k in record.metrics] or sorted(record.metrics)
                     metrics = ", ".join(f"{k}={record.metrics[k]:.4g}" for k in shown)
                     self.out(f"           metrics: {metrics}")
-                if entry["state"] == "live":
-                    self.out(f"           endpoint {record.endpoint}: {scoring_uri(record.endpoint)}")
+                if entry["state"] == "live" and record.scoring_uri:
+                    self.out(f"           endpoint {record.endpoint}: {record.scoring_uri}")
+                    key = key_file(record.endpoint)
+                    for line in how_to_call(record.scoring_uri, key) if key else []:
+                        self.out(f"           {line}")
             self._seen[record.run_id] = len(record.history)
 
 
@@ -150,11 +157,10 @@ class LocalHost:
             cleanup(timer())
         if self._reconcile.due():
             reconcile(timer())
-        self.printer.update(list(services.runs.all()), self._scoring_uri)
+        self.printer.update(list(services.runs.all()), self._key_file)
 
-    def _scoring_uri(self, endpoint: str) -> str | None:
-        info = self.services.platform.get_endpoint(endpoint) if self.services else None
-        return info.scoring_uri if info else None
+    def _key_file(self, endpoint: str) -> Path:
+        return key_path(Layout(Path(self.settings.data_dir).resolve()).keys, endpoint)
 
     def run(self, interval_s: float = 1.0) -> None:
         while not self.stopping.is_set():

@@ -1,0 +1,39 @@
+"""How to call a live local endpoint, printed by ``up`` when a run goes live: curl and the openai SDK.
+
+The commands read the key from its owner-only file when they run, so the key itself is never
+printed (terminals are scrolled back, shared and recorded).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+QUESTION = [{"role": "user", "content": "Hi!"}]
+
+
+def scoring_body() -> str:
+    """Azure ML's chat scoring contract, one conversation."""
+    return json.dumps({"input_data": {"input_string": [QUESTION], "parameters": {"max_new_tokens": 64}}})
+
+
+def curl(scoring_uri: str, key_file: Path | str) -> str:
+    key = f'-H "Authorization: Bearer $(cat {shlex.quote(str(key_file))})"'
+    body = f"-H 'Content-Type: application/json' -d {shlex.quote(scoring_body())}"
+    return f"curl -sS --fail-with-body {shlex.quote(scoring_uri)} {key} {body}"
+
+
+def openai_snippet(scoring_uri: str, key_file: Path | str) -> str:
+    base_url = scoring_uri.removesuffix("/score") + "/v1"
+    program = (
+        "import openai, pathlib; "
+        f"client = openai.OpenAI(base_url={base_url!r}, api_key=pathlib.Path({str(key_file)!r}).read_text().strip()); "
+        f"print(client.chat.completions.create(model='ftpilot', messages={QUESTION!r}, max_tokens=64)"
+        ".choices[0].message.content)"
+    )
+    return f"python -c {shlex.quote(program)}"
+
+
+def how_to_call(scoring_uri: str, key_file: Path | str) -> list[str]:
+    return [f"curl:   {curl(scoring_uri, key_file)}", f"openai: {openai_snippet(scoring_uri, key_file)}"]
