@@ -33,6 +33,7 @@ def plan(sizes: str, quick: bool, docs: bool) -> dict[str, list[str]]:
         "event_burst": others,
         "cleanup_sweep": others,
         "reconcile_tick": others,
+        "serving": others,
     }
 
 
