@@ -25,6 +25,7 @@ import pytest
 from shared.config import Settings
 from shared.host.runner import LocalHost
 from shared.runs import RunRecord, RunState
+from shared.status import StatusRow
 from tests.data import dataset
 
 pytestmark = [
@@ -143,6 +144,8 @@ def test_upload_to_live_endpoint_to_idle_sweep(settings: Settings, caplog: pytes
             assert ran.returncode == 0, (command, ran.stdout[-2000:], ran.stderr[-2000:])
             assert label != "curl:" or "output" in orjson.loads(ran.stdout)
         assert live.scoring_uri == endpoint.scoring_uri
+        row = StatusRow.of(live)  # what status --json shows
+        assert (row.scoring_uri, row.model_id, row.model_version) == (endpoint.scoring_uri, model.id, model.version)
 
         # The key is fetched at call time only: never in the run record, the reports, the logs or the output.
         entity = host.services.storage.table.get_entity("run", live.run_id)
