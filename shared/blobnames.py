@@ -93,6 +93,12 @@ def report_names(upload: Upload, settings: Settings) -> tuple[str, str]:
     return f"{base}.validation.json", f"{base}.validation.md"
 
 
+def promotion_report_names(validation_report: str) -> tuple[str, str]:
+    """The promotion gate's JSON and Markdown reports, beside the run's validation report."""
+    base = validation_report.removesuffix(".validation.json")
+    return f"{base}.promotion.json", f"{base}.promotion.md"
+
+
 def dataset_label(name: str, limit: int = 24) -> str:
     """A short lowercase slug of the file name, for job display names and model/endpoint names."""
     stem = name.rsplit("/", 1)[-1].removesuffix(".jsonl")

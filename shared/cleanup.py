@@ -1,7 +1,8 @@
 """The idle sweep: delete the endpoints ftpilot manages that nobody has used, and nothing else.
 
 An endpoint is a candidate only if it carries ftpilot's ``managed-by`` tag. It is deleted
-when it served no request in the whole idle window, is older than the grace period, has no
+when it served no request in the whole idle window (ftpilot's own smoke-test and promotion-gate
+requests discounted), is older than the grace period, has no
 opt-out tag, and no run is rolling out to it. The metrics calls are slow, so that last check
 is made twice: from the records read at the start, and again right before the delete, with
 the endpoint's lease taken for the sweep, so a rollout that starts meanwhile either waits
@@ -53,7 +54,19 @@ def _run_for(endpoint: str, runs: list[RunRecord]) -> RunRecord | None:
     return (rolling or sorted(mine, key=lambda r: r.updated_at))[-1] if mine else None
 
 
-def _decide(endpoint: EndpointInfo, run: RunRecord | None, services: Services, dry_run: bool) -> Decision:
+def _probes(endpoint: str, runs: list[RunRecord], window_s: float) -> int:
+    """Requests ftpilot itself sent the endpoint in the window (smoke tests, the promotion gate).
+
+    They are in the platform's request count too, and must not keep an endpoint nobody else
+    calls alive. Only answered requests are recorded, so the discount can fall short (and an
+    endpoint live one more window), never delete one that a client used.
+    """
+    return sum(r.probe_requests for r in runs if r.endpoint == endpoint and age_s(r.probed_at) <= window_s)
+
+
+def _decide(
+    endpoint: EndpointInfo, run: RunRecord | None, services: Services, dry_run: bool, probes: int = 0
+) -> Decision:
     settings = services.settings
     run_id = run.run_id if run else ""
     if endpoint.tags.get(KEEP_TAG, "").lower() in ("1", "true", "yes"):
@@ -62,12 +75,14 @@ def _decide(endpoint: EndpointInfo, run: RunRecord | None, services: Services, d
         return Decision(endpoint.name, "kept", f"younger than the {settings.cleanup_grace_s} s grace period", run_id)
     if run is not None and run.state.rolling_out:
         return Decision(endpoint.name, "kept", f"run {run.run_id} is mid-rollout ({run.state})", run_id)
-    served = services.platform.endpoint_request_count(endpoint.name, settings.idle_window_s)
-    if served:
+    served = services.platform.endpoint_request_count(endpoint.name, settings.idle_window_s) - probes
+    if served > 0:
         return Decision(
             endpoint.name, "kept", f"served {served} requests in the last {settings.idle_window_s} s", run_id
         )
     idle = f"no requests in the last {settings.idle_window_s} s"
+    if probes:
+        idle += f" but ftpilot's own {probes} (smoke test and promotion gate)"
     if dry_run:
         return Decision(endpoint.name, "would_delete", idle, run_id)
     return _delete(endpoint, run_id, idle, services)
@@ -168,7 +183,8 @@ def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
     def one(endpoint: EndpointInfo) -> Decision:
         run = _run_for(endpoint.name, runs)
         try:
-            decision = _decide(endpoint, run, services, dry_run)
+            probes = _probes(endpoint.name, runs, services.settings.idle_window_s)
+            decision = _decide(endpoint, run, services, dry_run, probes)
             if decision.action == "kept" and not dry_run:
                 decision = replace(decision, orphans=_delete_orphans(endpoint, services))
         except Exception as error:  # one endpoint's trouble must not stop the sweep

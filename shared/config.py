@@ -98,6 +98,20 @@ class Settings(BaseSettings):
     reconcile_batch: int = Field(500, ge=1, description="Most runs one reconciler tick looks at.")
     reconcile_concurrency: int = Field(8, ge=1, description="Runs the reconciler checks at once.")
 
+    # The promotion gate: a challenger takes the traffic only if it is not worse than the champion.
+    gate_enabled: bool = Field(True, description="Compare a new model with the endpoint's live one before promoting.")
+    gate_samples: int = Field(20, ge=1, le=500, description="Held-out test conversations the gate asks both models.")
+    gate_tolerance: float = Field(
+        0.02, ge=0, le=1, description="How much lower the challenger's mean ROUGE-L F may be than the champion's."
+    )
+    gate_max_failure_share: float = Field(
+        0.1, ge=0, le=1, description="Largest share of empty or failed answers a promoted model may give."
+    )
+    gate_max_eval_loss: float | None = Field(
+        None, gt=0, description="A model whose job's eval_loss is higher is not promoted (optional, absolute)."
+    )
+    gate_max_new_tokens: int = Field(128, ge=1, le=4096, description="Tokens per gate answer (greedy decoding).")
+
     # Cleanup: idle endpoints ftpilot manages.
     cleanup_schedule: str = Field("0 */15 * * * *", description="NCRONTAB schedule of the idle sweep.")
     idle_window_s: int = Field(86400, gt=0, description="An endpoint that served no request for this long is deleted.")
@@ -134,6 +148,7 @@ class Settings(BaseSettings):
         "tokenizer",
         "event_topic",
         "local_base_model",
+        "gate_max_eval_loss",
         mode="before",
     )
     @classmethod

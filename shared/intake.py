@@ -13,8 +13,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
+from shared import gate
 from shared.blobnames import Kind, Upload, classify, dataset_label, report_names, sidecar_name
 from shared.naming import DATASET_TAG, RUN_TAG, SHA256_TAG, job_name, run_id_for
 from shared.platform.port import DataRef, FineTuneRequest, PlatformConfigError
@@ -60,11 +59,14 @@ class _PinnedBlob:
 
 
 def dataset_parameters(metadata: dict[str, str]) -> dict[str, str]:
-    """Per-dataset pipeline inputs from blob metadata ``ftpilot_<input>=<value>``; the adapter checks them."""
+    """Per-dataset pipeline inputs from blob metadata ``ftpilot_<input>=<value>``; the adapter checks them.
+
+    ``ftpilot_gate_<setting>`` is the promotion gate's, not the pipeline's (``gate.overrides``).
+    """
     return {
         key[len(PARAMETER_METADATA_PREFIX) :]: value
         for key, value in metadata.items()
-        if key.lower().startswith(PARAMETER_METADATA_PREFIX)
+        if key.lower().startswith(PARAMETER_METADATA_PREFIX) and not key.lower().startswith(gate.METADATA_PREFIX)
     }
 
 
@@ -172,6 +174,14 @@ def _submit(
 ) -> Outcome:
     settings = services.settings
     run_id = record.run_id
+    overrides = gate.overrides(main.metadata)
+    try:
+        gate.GateRule.of(settings, overrides)
+    except gate.GateConfigError as error:  # checked now: the gate runs hours later, after the GPU time is spent
+        reason = str(error)
+        if _failed(services, run_id, reason).state is not RunState.SUBMIT_FAILED:
+            return Outcome(upload.name, "already", run_id, reason="a duplicate upload submitted it")
+        return Outcome(upload.name, "submit_failed", run_id, reason=reason)
     train_path, test_path = _prepare(record, main, sidecar, services)
     request = FineTuneRequest(
         job_name=job_name(run_id),
@@ -206,6 +216,7 @@ def _submit(
             f"job {job.name}",
             job_name=job.name,
             parameters=dict(job.parameters),
+            gate=overrides,
             reason="",
             phase_started_at=now(),
         )
@@ -278,7 +289,7 @@ def _write_report(
             f"> **Duplicate upload**: same content as `{duplicate_of.dataset}`, run `{run_id}` "
             f"({duplicate_of.state}). No new job was submitted.\n\n" + markdown
         )
-    _upload_report(services, (json_name, md_name), document, markdown)
+    services.storage.put_report((json_name, md_name), document, markdown)
 
 
 def _write_refusal(upload: Upload, services: Services) -> None:
@@ -292,21 +303,4 @@ def _write_refusal(upload: Upload, services: Services) -> None:
         "stats": {},
     }
     markdown = f"# Upload refused\n\nThe blob {shown} was not processed: {upload.reason}. Rename it and upload again.\n"
-    _upload_report(services, (json_name, md_name), document, markdown)
-
-
-def _upload_report(services: Services, names: tuple[str, str], document: dict[str, Any], markdown: str) -> None:
-    """The report pair: JSON for machines, Markdown for people, replacing an earlier one."""
-    from azure.storage.blob import ContentSettings
-
-    json_name, md_name = names
-    container = services.storage.container
-    container.upload_blob(
-        json_name,
-        orjson.dumps(document, option=orjson.OPT_INDENT_2),
-        overwrite=True,
-        content_settings=ContentSettings(content_type="application/json"),
-    )
-    container.upload_blob(
-        md_name, markdown.encode(), overwrite=True, content_settings=ContentSettings(content_type="text/markdown")
-    )
+    services.storage.put_report((json_name, md_name), document, markdown)

@@ -18,6 +18,7 @@ MANAGED_VALUE = "ftpilot"
 RUN_TAG = "ftpilot-run"
 DATASET_TAG = "ftpilot-dataset"
 JOB_TAG = "ftpilot-job"
+VERDICT_TAG = "ftpilot-gate"  # on a model version the promotion gate turned away, with why
 SHA256_TAG = "ftpilot-sha256"
 KEEP_TAG = "ftpilot-keep"
 

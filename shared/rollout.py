@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -35,6 +36,8 @@ from typing import Any
 
 import orjson
 
+from shared import gate
+from shared.blobnames import promotion_report_names
 from shared.events import EventError, ignore_reason, parse
 from shared.leases import Grant, order
 from shared.naming import (
@@ -43,6 +46,7 @@ from shared.naming import (
     MANAGED_TAG,
     MANAGED_VALUE,
     RUN_TAG,
+    VERDICT_TAG,
     deployment_name,
     endpoint_name,
     model_name,
@@ -68,6 +72,8 @@ log = logging.getLogger(__name__)
 SMOKE_PARAMETERS = {"temperature": 0.6, "top_p": 0.9, "do_sample": True, "max_new_tokens": 200}
 # A scheduled re-check counts as lost when it is this late; an event may then start a new chain.
 POLL_GRACE_S = 300
+# A gate request's retries wait at most this long each: the gate runs inside one invocation.
+GATE_RETRY_CAP_S = 10.0
 # How last_error starts when the error may go away by itself (the poison handler reads it).
 TRANSIENT = "transient: "
 # Poisoned messages in a row (no step succeeding in between) after which a run is ended.
@@ -230,6 +236,7 @@ def _run_steps(record: RunRecord, services: Services) -> Result:
         RunState.REGISTERED: _start_rollout,
         RunState.DEPLOYING: _deploy,
         RunState.SMOKE_TESTING: _smoke_test,
+        RunState.GATING: _gate,
         RunState.PROMOTING: _promote,
         RunState.ROLLING_BACK: _unwind,
     }
@@ -449,11 +456,128 @@ def _smoke_test(record: RunRecord, services: Services) -> None:
     _move(
         services,
         record,
-        RunState.PROMOTING,
-        "smoke test passed; moving traffic",
+        RunState.GATING,
+        "smoke test passed; comparing with the live model",
         phase_started_at=now(),
         replaces=serving[0] if serving else "",
+        probe_requests=record.probe_requests + 1,
+        probed_at=now(),
     )
+
+
+def _gate(record: RunRecord, services: Services) -> None:
+    """The promotion gate (``shared.gate``): promote, or end ``not_promoted`` with the champion untouched.
+
+    Both models are asked the same held-out conversations, each directly at its deployment; the
+    verdict and its evidence go to the report beside the validation report and onto the run.
+    A rejected model stays registered, tagged with the verdict, for someone to deploy by hand.
+    """
+    if not _hold_lease(record, services):
+        return
+    verdict, document, markdown, answered = _judge(record, services)
+    names = promotion_report_names(record.report)
+    services.storage.put_report(names, document, markdown)
+    probes = {"probe_requests": record.probe_requests + answered, "probed_at": now()}
+    headline = {**verdict.headline(), "samples": len(document["samples"]), "report": names[0]}
+    if verdict.promote:
+        note = f"gate: {verdict.why}; moving traffic"
+        _move(services, record, RunState.PROMOTING, note, promotion=headline, **probes)
+        return
+    services.platform.tag_model(
+        record.model_name, record.model_version, {VERDICT_TAG: f"not_promoted: {verdict.why}"[:256]}
+    )
+    roll_back(
+        record, services, f"not promoted: {verdict.why}", ending=RunState.NOT_PROMOTED, promotion=headline, **probes
+    )
+
+
+def _judge(record: RunRecord, services: Services) -> tuple[gate.Verdict, dict[str, Any], str, int]:
+    """The verdict, its report (JSON and Markdown) and how many of the gate's requests were answered."""
+    platform, settings = services.platform, services.settings
+    rule = gate.GateRule.of(settings, record.gate)
+    context = {"run_id": record.run_id, "dataset": record.dataset, "endpoint": record.endpoint}
+    context["challenger"] = record.deployment
+    if not rule.enabled:
+        verdict = gate.gate_off(rule)
+        return verdict, *gate.report(verdict, [], {}, {}, context), 0
+    download = services.storage.blob(record.test_path).download_blob()
+    samples = gate.pick((line for _, line in iter_lines(download.chunks())), rule.samples)
+    if not samples:
+        raise PlatformError(f"the test split {record.test_path} has no answered user turn to compare on")
+    champion = _champion(record, services)
+    parameters = rule.parameters()
+    score = platform.open_scoring(record.endpoint)  # one key fetch for the 2K calls
+
+    def asker(deployment: str) -> Callable[[gate.Sample], str]:
+        def ask(sample: gate.Sample) -> str:
+            payload = scoring_request(sample.prompt, parameters)
+            return _answer_text(
+                _with_retries(
+                    lambda: score(deployment, payload, settings.smoke_timeout_s),
+                    services,
+                    f"{record.run_id}:gate:{deployment}:{sample.key}",
+                )
+            )
+
+        return ask
+
+    answers = {"challenger": gate.ask_all(samples, asker(record.deployment))}
+    notes = []
+    if champion:
+        answers["champion"] = gate.ask_all(samples, asker(champion))
+        if champion not in {d.name for d in platform.list_deployments(record.endpoint)}:
+            notes.append(f"the champion {champion} disappeared during the gate: judged as the first model")
+            del answers["champion"]
+            champion = ""
+    values = {role: gate.scores(got, samples) for role, got in answers.items()}
+    seed = record.run_id
+    challenger = gate.Aggregate.of(record.deployment, answers["challenger"], values["challenger"], seed)
+    held = gate.Aggregate.of(champion, answers["champion"], values["champion"], seed) if champion else None
+    difference = None
+    if champion:
+        paired = [c - h for c, h in zip(values["challenger"], values["champion"], strict=True)]
+        difference = gate.bootstrap(paired, f"{seed}:difference")
+    verdict = gate.decide(
+        rule,
+        challenger,
+        champion=held,
+        difference=difference,
+        eval_loss=record.metrics.get("eval_loss"),
+        notes=notes,
+    )
+    answered = sum(not answer.error for got in answers.values() for answer in got)
+    return verdict, *gate.report(verdict, samples, answers, values, {**context, "champion": champion}), answered
+
+
+def _champion(record: RunRecord, services: Services) -> str:
+    """The deployment that takes the endpoint's traffic now (not this run's), or '' for a first model."""
+    endpoint = services.platform.get_endpoint(record.endpoint)
+    traffic = dict(endpoint.traffic) if endpoint else {}
+    serving = [name for name, share in sorted(traffic.items(), key=lambda kv: -kv[1]) if share]
+    return next((name for name in serving if name != record.deployment), "")
+
+
+def _with_retries(call: Callable[[], Any], services: Services, key: str) -> Any:
+    """``call``, tried ``smoke_attempts`` times on transient errors, as the smoke test is, with short backoffs."""
+    attempts = services.settings.smoke_attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except TransientError as error:
+            if attempt == attempts:
+                raise
+            time.sleep(min(backoff_s(services, key, attempt, error.retry_after_s), GATE_RETRY_CAP_S))
+    raise AssertionError("unreachable")
+
+
+def _answer_text(answer: Any) -> str:
+    """The generated text of a one-conversation scoring answer."""
+    output = answer.get("output") if isinstance(answer, Mapping) else None
+    if isinstance(output, list):
+        output = output[0] if output else ""
+    if not isinstance(output, str):
+        raise PlatformError(f"the scoring answer has no output text: {str(answer)[:200]}")
+    return output
 
 
 def scoring_request(conversation: list[dict[str, str]], parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -546,10 +670,12 @@ def _supersede_older(live: RunRecord, services: Services) -> None:
             supersede(other, services, live.run_id)
 
 
-def roll_back(record: RunRecord, services: Services, reason: str, ending: RunState = RunState.ROLLED_BACK) -> None:
+def roll_back(
+    record: RunRecord, services: Services, reason: str, ending: RunState = RunState.ROLLED_BACK, **changes: Any
+) -> None:
     """Start unwinding what this run built; it ends in ``ending`` once traffic is back and its deployment gone."""
     log.warning("rollout: run %s unwinding (%s): %s", record.run_id, ending, reason)
-    moved = _move(services, record, RunState.ROLLING_BACK, reason=reason, ending=str(ending))
+    moved = _move(services, record, RunState.ROLLING_BACK, reason=reason, ending=str(ending), **changes)
     if moved.state is RunState.ROLLING_BACK:
         _unwind(moved, services)
 

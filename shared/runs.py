@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 PARTITION = "run"
 HISTORY_LIMIT = 40
-_JSON_FIELDS = ("parameters", "metrics", "history", "duplicates")
+_JSON_FIELDS = ("parameters", "gate", "promotion", "metrics", "history", "duplicates")
 
 
 class RunState(StrEnum):
@@ -41,10 +41,12 @@ class RunState(StrEnum):
     REGISTERED = "registered"
     DEPLOYING = "deploying"
     SMOKE_TESTING = "smoke_testing"
+    GATING = "gating"
     PROMOTING = "promoting"
     LIVE = "live"
     ROLLING_BACK = "rolling_back"
     ROLLED_BACK = "rolled_back"
+    NOT_PROMOTED = "not_promoted"
     SUPERSEDED = "superseded"
     RETIRED = "retired"
 
@@ -80,19 +82,23 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     _S.SUCCEEDED: frozenset({_S.REGISTERED, _S.FAILED, _S.SUPERSEDED}),
     _S.REGISTERED: frozenset({_S.DEPLOYING, _S.FAILED, _S.SUPERSEDED}),
     _S.DEPLOYING: frozenset({_S.SMOKE_TESTING, _S.ROLLING_BACK}),
-    _S.SMOKE_TESTING: frozenset({_S.PROMOTING, _S.ROLLING_BACK}),
+    _S.SMOKE_TESTING: frozenset({_S.GATING, _S.ROLLING_BACK}),
+    _S.GATING: frozenset({_S.PROMOTING, _S.ROLLING_BACK}),
     _S.PROMOTING: frozenset({_S.LIVE, _S.ROLLING_BACK}),
-    _S.ROLLING_BACK: frozenset({_S.ROLLED_BACK, _S.SUPERSEDED}),
+    _S.ROLLING_BACK: frozenset({_S.ROLLED_BACK, _S.NOT_PROMOTED, _S.SUPERSEDED}),
     _S.LIVE: frozenset({_S.RETIRED}),
     _S.ROLLED_BACK: frozenset(),
+    _S.NOT_PROMOTED: frozenset(),
     _S.SUPERSEDED: frozenset(),
     _S.FAILED: frozenset(),
     _S.CANCELED: frozenset(),
     _S.RETIRED: frozenset(),
 }
-TERMINAL = frozenset({_S.INVALID, _S.SUBMIT_FAILED, _S.FAILED, _S.CANCELED, _S.ROLLED_BACK, _S.SUPERSEDED, _S.RETIRED})
+TERMINAL = frozenset(
+    {_S.INVALID, _S.SUBMIT_FAILED, _S.FAILED, _S.CANCELED, _S.ROLLED_BACK, _S.NOT_PROMOTED, _S.SUPERSEDED, _S.RETIRED}
+)
 FAILURES = frozenset({_S.INVALID, _S.SUBMIT_FAILED, _S.FAILED, _S.CANCELED, _S.ROLLED_BACK})
-ROLLOUT = frozenset({_S.DEPLOYING, _S.SMOKE_TESTING, _S.PROMOTING, _S.ROLLING_BACK})
+ROLLOUT = frozenset({_S.DEPLOYING, _S.SMOKE_TESTING, _S.GATING, _S.PROMOTING, _S.ROLLING_BACK})
 # Before training ends: a run superseded here cancels its job.
 TRAINING = frozenset({_S.SUBMITTED, _S.TRAINING})
 
@@ -155,6 +161,8 @@ class RunRecord:
     job_name: str = ""
     base_model: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, str] = field(default_factory=dict)  # the upload's gate overrides (blob metadata)
+    promotion: dict[str, Any] = field(default_factory=dict)  # the gate's verdict and headline numbers
     metrics: dict[str, float] = field(default_factory=dict)
     model_name: str = ""
     model_version: str = ""
@@ -175,6 +183,8 @@ class RunRecord:
     replaces: str = ""
     ending: str = ""
     sweep_note: str = ""
+    probe_requests: int = 0  # answered requests ftpilot sent the endpoint itself (the idle sweep discounts them)
+    probed_at: str = ""
     duplicates: list[str] = field(default_factory=list)
     created_at: str = field(default_factory=now)
     updated_at: str = field(default_factory=now)
@@ -215,7 +225,7 @@ class RunRecord:
             if key in known and key != "run_id":
                 values[key] = json.loads(value) if key in _JSON_FIELDS else value
         values["state"] = RunState(values.get("state", RunState.RECEIVED))
-        for counter in ("transient_errors", "poisoned"):
+        for counter in ("transient_errors", "poisoned", "probe_requests"):
             values[counter] = int(values.get(counter) or 0)
         return cls(**values)
 

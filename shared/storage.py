@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import suppress
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
 
@@ -59,6 +59,22 @@ class Storage:
             name,
             message_encode_policy=BinaryBase64EncodePolicy(),
             message_decode_policy=BinaryBase64DecodePolicy(),
+        )
+
+    def put_report(self, names: tuple[str, str], document: dict[str, Any], markdown: str) -> None:
+        """A report pair, JSON for machines and Markdown for people, replacing an earlier one."""
+        import orjson
+        from azure.storage.blob import ContentSettings
+
+        json_name, md_name = names
+        self.container.upload_blob(
+            json_name,
+            orjson.dumps(document, option=orjson.OPT_INDENT_2),
+            overwrite=True,
+            content_settings=ContentSettings(content_type="application/json"),
+        )
+        self.container.upload_blob(
+            md_name, markdown.encode(), overwrite=True, content_settings=ContentSettings(content_type="text/markdown")
         )
 
     def ensure(self) -> None:

@@ -50,6 +50,7 @@ PLATFORM_METHODS = (
     "get_job_metrics",
     "register_model",
     "get_model",
+    "tag_model",
     "get_endpoint",
     "list_endpoints",
     "begin_create_endpoint",
@@ -60,6 +61,7 @@ PLATFORM_METHODS = (
     "begin_delete_deployment",
     "begin_delete_endpoint",
     "invoke",
+    "open_scoring",
     "endpoint_request_count",
 )
 
@@ -102,9 +104,18 @@ class FaultyPlatform:
                 raise TransientError(f"injected timeout after {name} took effect")
             if kind == "kill":
                 raise WorkerKilled(f"after {name}")
+            if name == "open_scoring":  # its calls are invokes, and fail as invokes do
+                return FaultyPlatform(_Invoker(result), self.faults).invoke
             return result
 
         return call
+
+
+class _Invoker:
+    """A scorer from ``open_scoring``, seen as the port's ``invoke`` (without the endpoint name)."""
+
+    def __init__(self, score: Any) -> None:
+        self.invoke = score
 
 
 class FaultyTable:

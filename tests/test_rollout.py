@@ -80,7 +80,10 @@ def test_completed_job_goes_live(services: Services, fake_platform) -> None:
     assert fake_platform.models[(name, version)].tags["ftpilot-run"] == record.run_id
     endpoint = fake_platform.endpoints[final.endpoint]
     assert endpoint.info.tags["managed-by"] == "ftpilot"
-    assert endpoint.requests == 1  # the smoke test
+    # The smoke test and the promotion gate (the first model: its test questions, no champion),
+    # all on the record for the idle sweep to discount.
+    assert endpoint.requests == final.probe_requests == 1 + final.promotion["samples"]
+    assert final.promotion["decision"] == "promoted"
 
 
 @pytest.mark.parametrize("schema", ["eventgrid", "cloudevents"])

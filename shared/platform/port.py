@@ -174,6 +174,10 @@ class DeploymentInfo:
 
 
 @runtime_checkable
+class Scorer(Protocol):
+    def __call__(self, deployment_name: str, payload: Mapping[str, Any], timeout_s: float) -> Any: ...
+
+
 class MLPlatform(Protocol):
     """Everything ftpilot asks of the ML platform. Every create looks before it creates.
 
@@ -218,6 +222,10 @@ class MLPlatform(Protocol):
 
     def get_model(self, name: str, version: str) -> ModelInfo | None:
         """The model version, or None."""
+        ...
+
+    def tag_model(self, name: str, version: str, tags: Mapping[str, str]) -> ModelInfo:
+        """Add or replace ``tags`` on a registered version (a verdict, say); NotFoundError when it does not exist."""
         ...
 
     # Endpoints and deployments (long-running: begin, then observe)
@@ -274,6 +282,14 @@ class MLPlatform(Protocol):
 
         NotFoundError when the endpoint does not exist; PlatformError when the deployment answers
         with an error (TransientError for a timeout, 429 or 5xx).
+        """
+        ...
+
+    def open_scoring(self, endpoint_name: str) -> Scorer:
+        """A caller for many requests to the endpoint's deployments (a promotion gate's): the scoring URI
+        and key are fetched once and held only by the returned object. Each call answers as ``invoke``.
+
+        NotFoundError when the endpoint does not exist.
         """
         ...
 

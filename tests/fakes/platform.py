@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -65,6 +65,7 @@ class FakePlatform:
         self.inference_allow_list: dict[str, list[str]] = {}  # base model -> sizes, as its registry tag says
         self.stuck_deployments = False
         self.undeletable: set[str] = set()
+        # What every deployment answers, or a function of (deployment, conversation) giving it.
         self.answer: Any = {"output": "Tides come from the moon's pull."}
         self.kill_after: str | None = None  # method name: the worker "dies" after it takes effect, once
         self._lock = threading.RLock()
@@ -149,6 +150,14 @@ class FakePlatform:
 
     def get_model(self, name: str, version: str) -> ModelInfo | None:
         return self.models.get((name, version))
+
+    def tag_model(self, name: str, version: str, tags: Mapping[str, str]) -> ModelInfo:
+        with self._lock:
+            model = self.models.get((name, version))
+            if model is None:
+                raise NotFoundError(f"model {name}:{version} is not registered")
+            self.models[(name, version)] = model = replace(model, tags={**model.tags, **tags})
+            return model
 
     # Endpoints ----------------------------------------------------------------------------
     def get_endpoint(self, name: str) -> EndpointInfo | None:
@@ -274,9 +283,16 @@ class FakePlatform:
             assert conversations and conversations[0][-1]["role"] == "user"
             endpoint.requests += 1
         self._called("invoke")
-        if isinstance(self.answer, Exception):
-            raise self.answer
-        return self.answer
+        answer = self.answer(deployment_name, conversations[0]) if callable(self.answer) else self.answer
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def open_scoring(self, endpoint_name: str) -> Callable[[str, Mapping[str, Any], float], Any]:
+        with self._lock:
+            self._endpoint(endpoint_name)
+        self._called("open_scoring")
+        return lambda deployment, payload, timeout_s: self.invoke(endpoint_name, deployment, payload, timeout_s)
 
     def endpoint_request_count(self, name: str, window_s: float) -> int:
         endpoint = self.endpoints.get(name)

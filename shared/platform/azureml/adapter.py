@@ -29,6 +29,7 @@ from shared.platform.port import (
     ModelInfo,
     ModelRequest,
     PlatformConfigError,
+    Scorer,
 )
 
 if TYPE_CHECKING:
@@ -159,6 +160,10 @@ class AzureMLPlatform:
         model = models.find_model(self.ml_client, name, version)
         return None if model is None else models.model_info(model)
 
+    @_translated
+    def tag_model(self, name: str, version: str, tags: Mapping[str, str]) -> ModelInfo:
+        return models.tag_model(self.ml_client, name, version, tags)
+
     # Endpoints and deployments
 
     @_translated
@@ -203,6 +208,10 @@ class AzureMLPlatform:
     @_translated
     def invoke(self, endpoint_name: str, deployment_name: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
         return scoring.invoke(self.ml_client, endpoint_name, deployment_name, payload, timeout_s)
+
+    @_translated
+    def open_scoring(self, endpoint_name: str) -> Scorer:
+        return scoring.open_scoring(self.ml_client, endpoint_name)  # its calls raise the port's errors
 
     @_translated
     def endpoint_request_count(self, name: str, window_s: float) -> int:

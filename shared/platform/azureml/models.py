@@ -11,13 +11,14 @@ one and deploys without a scoring script or environment.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from azure.core.exceptions import HttpResponseError
 
 from shared.naming import RUN_TAG
 from shared.platform.azureml.service import MANAGED_BY, get_or_none, is_conflict, is_not_found
-from shared.platform.port import ConflictError, ModelInfo, ModelRequest
+from shared.platform.port import ConflictError, ModelInfo, ModelRequest, NotFoundError
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
@@ -70,6 +71,15 @@ def list_versions(ml_client: MLClient, name: str) -> list[Model]:
 def find_model(ml_client: MLClient, name: str, version: str) -> Model | None:
     """Version ``version`` of model ``name``, or None."""
     return get_or_none(ml_client.models.get, name, version)
+
+
+def tag_model(ml_client: MLClient, name: str, version: str, tags: Mapping[str, str]) -> ModelInfo:
+    """The version PUT again with ``tags`` added: the same asset, so the workspace takes it as an update."""
+    model = find_model(ml_client, name, version)
+    if model is None:
+        raise NotFoundError(f"model {name}:{version} is not registered")
+    model.tags = {**(model.tags or {}), **tags}
+    return model_info(ml_client.models.create_or_update(model))
 
 
 def model_info(model: Model) -> ModelInfo:

@@ -1,7 +1,8 @@
 """Calling one deployment of an endpoint directly, with the endpoint's key fetched for that call.
 
-The key is read from the service each time rather than kept: keys can be regenerated, and a key
-that is never stored cannot end up in a run record, a log line or an error message. The
+The key is read from the service for each call, or once for a batch of calls (``open_scoring``,
+the promotion gate's), rather than kept: keys can be regenerated, and a key that is never stored
+cannot end up in a run record, a log line or an error message. The
 ``azureml-model-deployment`` header pins the call to one deployment whatever the traffic split,
 which is how a rollout smoke-tests a new deployment before it gets any traffic.
 """
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.platform.azureml.service import get_or_none
 from shared.platform.http import request_json
-from shared.platform.port import NotFoundError, PlatformConfigError, PlatformError
+from shared.platform.port import NotFoundError, PlatformConfigError, PlatformError, Scorer
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
@@ -23,6 +24,11 @@ def invoke(
     ml_client: MLClient, endpoint_name: str, deployment_name: str, payload: Mapping[str, Any], timeout_s: float
 ) -> Any:
     """POST ``payload`` to the deployment's scoring URI and return the decoded JSON answer."""
+    return open_scoring(ml_client, endpoint_name)(deployment_name, payload, timeout_s)
+
+
+def open_scoring(ml_client: MLClient, endpoint_name: str) -> Scorer:
+    """The endpoint's scoring URI and key, read once, behind a caller of its deployments."""
     endpoint = get_or_none(ml_client.online_endpoints.get, endpoint_name)
     if endpoint is None:
         raise NotFoundError(f"endpoint {endpoint_name} does not exist")
@@ -35,12 +41,17 @@ def invoke(
         raise PlatformConfigError(
             f"endpoint {endpoint_name} does not use key authentication, as ftpilot's endpoints do"
         )
-    return request_json(
-        "POST",
-        endpoint.scoring_uri,
-        what=f"scoring {endpoint_name}/{deployment_name}",
-        timeout_s=timeout_s,
-        headers={"Authorization": f"Bearer {key}", "azureml-model-deployment": deployment_name},
-        body=dict(payload),
-        secrets=(key,),
-    )
+    scoring_uri = endpoint.scoring_uri
+
+    def score(deployment_name: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
+        return request_json(
+            "POST",
+            scoring_uri,
+            what=f"scoring {endpoint_name}/{deployment_name}",
+            timeout_s=timeout_s,
+            headers={"Authorization": f"Bearer {key}", "azureml-model-deployment": deployment_name},
+            body=dict(payload),
+            secrets=(key,),
+        )
+
+    return score

@@ -43,6 +43,7 @@ from shared.platform.port import (
     ModelInfo,
     ModelRequest,
     NotFoundError,
+    Scorer,
 )
 
 
@@ -86,6 +87,9 @@ class LocalPlatform:
     def get_model(self, name: str, version: str) -> ModelInfo | None:
         return self.registry.get(name, version)
 
+    def tag_model(self, name: str, version: str, tags: Mapping[str, str]) -> ModelInfo:
+        return self.registry.tag(name, version, tags)
+
     # --- Endpoints and deployments ---------------------------------------------------------
 
     def get_endpoint(self, name: str) -> EndpointInfo | None:
@@ -116,7 +120,10 @@ class LocalPlatform:
         self.endpoints.begin_delete_endpoint(name)
 
     def invoke(self, endpoint_name: str, deployment_name: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
-        return self.endpoints.invoke(endpoint_name, deployment_name, payload, timeout_s)
+        return self.endpoints.open_scoring(endpoint_name)(deployment_name, payload, timeout_s)
+
+    def open_scoring(self, endpoint_name: str) -> Scorer:
+        return self.endpoints.open_scoring(endpoint_name)
 
     def endpoint_request_count(self, name: str, window_s: float) -> int:
         return self.endpoints.request_count(name, window_s)

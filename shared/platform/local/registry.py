@@ -13,6 +13,7 @@ version that holds another job's model is a conflict, not a match.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from shared.naming import MANAGED_TAG, MANAGED_VALUE
@@ -104,6 +105,14 @@ class Registry:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return None
             raise
+
+    def tag(self, name: str, version: str, tags: Mapping[str, str]) -> ModelInfo:
+        mlflow_client = tracking.client(self.layout)
+        if self.get(name, version) is None:
+            raise NotFoundError(f"model {name}:{version} is not registered")
+        for key, value in tags.items():
+            mlflow_client.set_model_version_tag(name, version, key, value)
+        return _info(mlflow_client.get_model_version(name, version))
 
     def _find(self, mlflow_client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
         query = f"name = '{_checked('name', name)}' AND tags.{RUN_ID_TAG} = '{_checked('run id', run_id)}'"
