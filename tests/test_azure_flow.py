@@ -151,7 +151,8 @@ def test_upload_to_idle_deletion_over_the_wire(azure, capsys: pytest.CaptureFixt
         f"PUT versions/{live.model_version}",
         f"PUT onlineEndpoints/{live.endpoint}",
         f"PUT deployments/{live.deployment}",
-        f"POST {live.endpoint}/listKeys",
+        f"POST {live.endpoint}/listKeys",  # the smoke test
+        f"POST {live.endpoint}/listKeys",  # the promotion gate: one key for all its calls
         f"PUT onlineEndpoints/{live.endpoint}",  # traffic to the new deployment
     ]
     (model_put,) = [s for s in rollout_one if s.method == "PUT" and "/models/" in s.path]
@@ -167,7 +168,9 @@ def test_upload_to_idle_deletion_over_the_wire(azure, capsys: pytest.CaptureFixt
     assert deployment_put.body["properties"]["livenessProbe"]["initialDelay"] == "PT10M"
     assert deployment_put.body["properties"]["requestSettings"]["requestTimeout"] == "PT1M30S"
     assert deployment_put.body["sku"]["capacity"] == settings.inference_instance_count
-    assert len(emulator.score_requests[live.endpoint]) == 1  # the smoke test, with the listKeys key
+    # The smoke test, then the gate's questions (a first model: no champion to ask), with the listKeys key.
+    assert live.promotion["decision"] == "promoted" and live.promotion["samples"] > 0
+    assert len(emulator.score_requests[live.endpoint]) == 1 + live.promotion["samples"] == live.probe_requests
 
     # A new upload of the same dataset replaces the model on the same endpoint.
     second = upload(services, start=100)
@@ -182,9 +185,17 @@ def test_upload_to_idle_deletion_over_the_wire(azure, capsys: pytest.CaptureFixt
         "PUT versions/2",
         f"PUT deployments/{replaced.deployment}",
         f"POST {live.endpoint}/listKeys",
+        f"POST {live.endpoint}/listKeys",
         f"PUT onlineEndpoints/{live.endpoint}",
         f"DELETE deployments/{live.deployment}",  # the replaced one, once the traffic moved
     ]
+    assert replaced.promotion["champion"] == live.deployment  # both were asked the same questions
+    asked = 1 + 2 * replaced.promotion["samples"]
+    assert (
+        len(emulator.score_requests[live.endpoint])
+        == live.probe_requests + asked
+        == replaced.probe_requests + live.probe_requests
+    )
     emulator.settle()
     assert [name for (ep, name) in emulator.deployments if ep == live.endpoint] == [replaced.deployment]
     assert services.runs.get(first.run_id).state is RunState.RETIRED

@@ -676,6 +676,18 @@ def test_invoke_posts_to_the_scoring_uri_with_the_key_from_list_keys(azure: Azur
         azure.platform.invoke(ENDPOINT, "green", payload, timeout_s=10)
 
 
+def test_open_scoring_reads_the_key_once_for_many_calls(azure: Azure) -> None:
+    azure.deployed()
+    payload = {"input_data": {"input_string": [[{"role": "user", "content": "Why tides?"}]], "parameters": {}}}
+    score = azure.platform.open_scoring(ENDPOINT)
+    answers = [score("blue-v3", payload, 10) for _ in range(5)]
+    assert answers == [azure.emulator.answer] * 5
+    assert len(azure.sent("POST", "/listKeys")) == 1  # a gate's 2K calls cost one key fetch
+    assert len(azure.emulator.score_requests[ENDPOINT]) == 5
+    with pytest.raises(PlatformError, match="HTTP 404"):
+        score("green", payload, 10)
+
+
 def test_invoke_of_an_endpoint_that_does_not_exist_is_not_found(azure: Azure) -> None:
     with pytest.raises(NotFoundError):
         azure.platform.invoke("nope", "blue", {"input_data": {}}, timeout_s=5)

@@ -261,3 +261,20 @@ def test_traffic_rules(with_models: Harness) -> None:
     assert [d.name for d in platform.list_deployments(ENDPOINT)] == ["green"]
     endpoint = platform.get_endpoint(ENDPOINT)
     assert endpoint is not None and dict(endpoint.traffic) == {"green": 100}
+
+
+def test_tagging_a_model_adds_to_its_tags_and_a_missing_one_is_not_found(with_models: Harness) -> None:
+    platform = with_models.platform
+    with_models.completed_job("ftpilot-job-1")
+    model = platform.register_model(ModelRequest("chat", "run-1", "ftpilot-job-1", "contract", {"kept": "yes"}))
+    tagged = platform.tag_model("chat", model.version, {"ftpilot-gate": "not_promoted: worse"})
+    assert tagged.version == model.version and tagged.id == model.id
+    assert tagged.tags["ftpilot-gate"] == "not_promoted: worse" and tagged.tags["kept"] == "yes"
+    assert platform.get_model("chat", model.version).tags["ftpilot-gate"] == "not_promoted: worse"
+    with pytest.raises(NotFoundError):
+        platform.tag_model("chat", "99", {"ftpilot-gate": "x"})
+
+
+def test_opening_scoring_on_a_missing_endpoint_is_not_found(any_adapter: Harness) -> None:
+    with pytest.raises(NotFoundError):
+        any_adapter.platform.open_scoring("ep-missing")
