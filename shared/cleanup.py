@@ -2,7 +2,7 @@
 
 An endpoint is a candidate only if it carries ftpilot's ``managed-by`` tag. It is deleted
 when it served no request in the whole idle window (ftpilot's own smoke-test and promotion-gate
-requests discounted), is older than the grace period, has no
+requests discounted; its run live for at least that window), is older than the grace period, has no
 opt-out tag, and no run is rolling out to it. The metrics calls are slow, so that last check
 is made twice: from the records read at the start, and again right before the delete, with
 the endpoint's lease taken for the sweep, so a rollout that starts meanwhile either waits
@@ -48,10 +48,20 @@ def _age_s(created_at: str | None) -> float:
 
 
 def _run_for(endpoint: str, runs: list[RunRecord]) -> RunRecord | None:
-    """The run that owns the endpoint now: one mid-rollout first, else the most recent."""
+    """The run that owns the endpoint now: one mid-rollout first, else the live one, else the most recent.
+
+    A later run that ended without the traffic (not promoted, rolled back) does not own it: the
+    live run is the one a deletion retires.
+    """
     mine = [r for r in runs if r.endpoint == endpoint]
     rolling = [r for r in mine if r.state.rolling_out]
-    return (rolling or sorted(mine, key=lambda r: r.updated_at))[-1] if mine else None
+    live = [r for r in mine if r.state is RunState.LIVE]
+    return (rolling or live or sorted(mine, key=lambda r: r.updated_at))[-1] if mine else None
+
+
+def _live_since(run: RunRecord) -> str:
+    """When the run went live: an endpoint is idle only after a whole window in which nobody called it."""
+    return next((entry["at"] for entry in reversed(run.history) if entry["state"] == RunState.LIVE), "")
 
 
 def _probes(endpoint: str, runs: list[RunRecord], window_s: float) -> int:
@@ -75,6 +85,8 @@ def _decide(
         return Decision(endpoint.name, "kept", f"younger than the {settings.cleanup_grace_s} s grace period", run_id)
     if run is not None and run.state.rolling_out:
         return Decision(endpoint.name, "kept", f"run {run.run_id} is mid-rollout ({run.state})", run_id)
+    if run is not None and run.state is RunState.LIVE and age_s(_live_since(run)) < settings.idle_window_s:
+        return Decision(endpoint.name, "kept", f"live for less than the {settings.idle_window_s} s idle window", run_id)
     served = services.platform.endpoint_request_count(endpoint.name, settings.idle_window_s) - probes
     if served > 0:
         return Decision(

@@ -25,6 +25,7 @@ class StatusRow:
     waiting_for: str
     waiting_since: str
     metrics: dict[str, float]
+    promotion: dict[str, Any]
 
     @classmethod
     def of(cls, record: RunRecord) -> StatusRow:
@@ -50,6 +51,7 @@ class StatusRow:
             waiting_for=record.waiting_for if waits else "",
             waiting_since=record.waiting_since if waits else "",
             metrics=dict(record.metrics),
+            promotion=dict(record.promotion),
         )
 
 

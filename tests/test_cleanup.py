@@ -20,9 +20,11 @@ def ago(hours: float) -> str:
     return (datetime.now(UTC) - timedelta(hours=hours)).isoformat()
 
 
-def run(services: Services, run_id: str, endpoint: str, state: RunState) -> None:
+def run(services: Services, run_id: str, endpoint: str, state: RunState, since_h: float = 47) -> None:
+    """A run in ``state`` since ``since_h`` hours ago (live for more than the default idle window)."""
     record = RunRecord(run_id=run_id, dataset=f"incoming/{run_id}.jsonl", sha256="s", endpoint=endpoint)
-    services.runs.claim(record.moved(state))
+    moved = record.moved(state)
+    services.runs.claim(replace(moved, history=[{**moved.history[-1], "at": ago(since_h)}]))
 
 
 @pytest.fixture
@@ -72,12 +74,12 @@ def test_mixed_fleet(services: Services, fleet) -> None:
 def test_a_kept_endpoint_is_recorded_again_only_when_the_reason_changes(services: Services, fleet) -> None:
     sweep(services)
     busy, rolling = services.runs.get("r-busy"), services.runs.get("r-rolling")
-    fleet.endpoints["ft-busy"].requests = 40  # busier, but kept for the same reason
+    fleet.set_requests("ft-busy", 40)  # busier, but kept for the same reason
     sweep(services)
     assert services.runs.get("r-busy") == busy
     assert services.runs.get("r-rolling") == rolling
 
-    fleet.endpoints["ft-busy"].requests = 0  # now idle: that is news
+    fleet.set_requests("ft-busy", 0)  # now idle: that is news
     sweep(services)
     assert services.runs.get("r-busy").state is RunState.RETIRED
 

@@ -313,7 +313,7 @@ def test_the_sweep_keeps_an_endpoint_a_rollout_takes_during_its_metrics_call(ser
     first = submit(services)
     finish(services, fake_platform, first)
     first = services.runs.get(first.run_id)
-    fake_platform.endpoints[first.endpoint].requests = 0  # idle: a candidate
+    fake_platform.set_requests(first.endpoint, 0)  # idle: a candidate
     second = submit(services, start=100)
     fake_platform.set_job(second.job_name, JobStatus.COMPLETED)
     real = fake_platform.endpoint_request_count
@@ -323,7 +323,11 @@ def test_the_sweep_keeps_an_endpoint_a_rollout_takes_during_its_metrics_call(ser
         return real(name, window_s)
 
     fake_platform.endpoint_request_count = slow_metrics
-    (decision,) = sweep(services)
+    use_clock(lambda: datetime.now(UTC) + timedelta(seconds=services.settings.idle_window_s + 1))  # live a day
+    try:
+        (decision,) = sweep(services)
+    finally:
+        use_clock(None)
     assert decision.action == "kept" and "rollout" in decision.reason
     assert first.endpoint in fake_platform.endpoints
 

@@ -45,6 +45,7 @@ HAPPY_PATH = [
     RunState.REGISTERED,
     RunState.DEPLOYING,
     RunState.SMOKE_TESTING,
+    RunState.GATING,
     RunState.PROMOTING,
     RunState.LIVE,
 ]
@@ -176,3 +177,46 @@ def test_a_host_restarted_mid_rollout_takes_the_run_to_live(settings: Settings) 
         assert endpoint.traffic == {live.deployment: 100}
         deployments = host.services.platform.list_deployments(live.endpoint)
         assert [d.name for d in deployments] == [live.deployment]  # one live deployment, no orphans
+
+
+def test_the_gate_keeps_a_worse_model_off_the_endpoint(settings: Settings) -> None:
+    """Three models for one dataset: the first goes live, a better one replaces it, a worse one does not."""
+    settings = local_settings(settings, idle_window_s=86400)
+    blob_name = f"{settings.intake_prefix}gated-chat.jsonl"
+    untrained = {"ftpilot_learning_rate": "0"}  # the stand-in's random weights, unchanged by training
+    with running(settings) as (host, printed):
+        storage, platform = host.services.storage, host.services.platform
+
+        def roll_out(start: int, metadata: dict[str, str], ended: Callable[[RunRecord], bool]) -> RunRecord:
+            before = {r.run_id for r in host.services.runs.all()}
+            storage.blob(blob_name).upload_blob(dataset(60, start=start), overwrite=True, metadata=metadata)
+            return wait_for_state(host, lambda r: r.run_id not in before and ended(r), LIVE_TIMEOUT_S)
+
+        # The first model on the endpoint has no champion: it is promoted because it answers.
+        first = roll_out(700, {**untrained, "ftpilot_gate_max_failure_share": "1"}, lambda r: r.state is RunState.LIVE)
+        assert first.promotion["decision"] == "promoted" and "champion" not in first.promotion
+
+        # A trained model against the untrained champion: better, so it takes the traffic.
+        better = roll_out(800, {}, lambda r: r.state is RunState.LIVE)
+        assert better.endpoint == first.endpoint, better
+        assert better.promotion["champion"] == first.deployment and better.promotion["difference"] > 0
+        assert host.services.runs.get(first.run_id).state is RunState.RETIRED
+
+        # An untrained challenger against the trained champion: not promoted; the champion keeps serving.
+        worse = roll_out(900, untrained, lambda r: r.state is RunState.NOT_PROMOTED)
+        assert worse.promotion["champion"] == better.deployment
+        assert worse.promotion["difference"] < -settings.gate_tolerance, worse.promotion
+        assert worse.reason.startswith("not promoted: ")
+        endpoint = platform.get_endpoint(better.endpoint)
+        assert endpoint.traffic == {better.deployment: 100}
+        assert [d.name for d in platform.list_deployments(better.endpoint)] == [better.deployment]
+        key = {"Authorization": f"Bearer {platform.get_endpoint_key(better.endpoint)}"}
+        body = {"input_data": {"input_string": [[{"role": "user", "content": "Hello?"}]], "parameters": {}}}
+        for _ in range(5):  # every request is the champion's
+            answer = httpx.post(endpoint.scoring_uri, json=body, headers=key, timeout=60)
+            assert answer.status_code == 200 and answer.headers["azureml-model-deployment"] == better.deployment
+        kept = platform.get_model(worse.model_name, worse.model_version)  # still registered, with the verdict
+        assert kept.tags["ftpilot-gate"].startswith("not_promoted: ROUGE-L F")
+        report = orjson.loads(storage.blob(worse.promotion["report"]).download_blob().readall())
+        assert report["decision"] == "not_promoted" and len(report["samples"]) == settings.gate_samples
+        assert any("promotion gate: not_promoted; evidence in" in line for line in printed)

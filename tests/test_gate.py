@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -16,7 +17,7 @@ from shared.gate import Aggregate, Answer, GateConfigError, GateRule, Interval, 
 from shared.intake import dataset_parameters, handle_upload
 from shared.naming import VERDICT_TAG
 from shared.platform.port import JobStatus, TransientError
-from shared.runs import RunRecord, RunState
+from shared.runs import RunRecord, RunState, use_clock
 from shared.services import Services
 from tests.data import dataset, example, jsonl
 from tests.test_rollout import complete, pump, submit
@@ -267,22 +268,31 @@ def test_a_bad_override_fails_the_submit_naming_it(services: Services, fake_plat
 def test_the_idle_sweep_neither_deletes_during_the_gate_nor_counts_its_calls(services: Services, fake_platform) -> None:
     settings = services.settings.model_copy(update={"cleanup_grace_s": 0})
     swept = Services(settings, services.storage, fake_platform)
-    record = submit(services)
-    fake_platform.set_job(record.job_name, JobStatus.COMPLETED)
-    decisions: list[str] = []
-    answer = fake_platform.answer
-
-    def sweeping(deployment: str, conversation: list[dict[str, str]]):
-        decisions.extend(d.action for d in sweep(swept))  # the sweep runs while the gate asks
-        return answer
-
-    fake_platform.answer = sweeping
-    final = finish(services, fake_platform, record)
-    assert final.state is RunState.LIVE
-    assert decisions and set(decisions) == {"kept"}
-    fake_platform.answer = answer
-    endpoint = fake_platform.endpoints[final.endpoint]
-    assert endpoint.requests == final.probe_requests > 1  # every request so far was ftpilot's own
+    champion, challenger = live_then_challenger(services, fake_platform, good=set())
     (decision,) = sweep(swept)
-    assert decision.action == "deleted"
+    assert decision.action == "kept" and "live for less than the" in decision.reason  # not a whole window yet
+
+    # A day on, nobody has called the champion; a challenger's rollout asks both models its questions.
+    use_clock(lambda: datetime.now(UTC) + timedelta(seconds=settings.idle_window_s + 1))
+    try:
+        decisions: list[str] = []
+        answer = fake_platform.answer
+
+        def sweeping(deployment: str, conversation: list[dict[str, str]]):
+            decisions.extend(d.action for d in sweep(swept))  # the sweep runs while the gate asks
+            return answer(deployment, conversation)
+
+        fake_platform.answer = sweeping
+        final = finish(services, fake_platform, challenger)
+        assert final.state is RunState.NOT_PROMOTED
+        assert decisions and set(decisions) == {"kept"}  # never deleted under a rollout
+        fake_platform.answer = answer
+        endpoint = champion.endpoint
+        served = fake_platform.endpoint_request_count(endpoint, settings.idle_window_s)
+        assert served == final.probe_requests > 1  # every request in the window was the challenger's own
+        (decision,) = sweep(swept)
+    finally:
+        use_clock(None)
+    assert decision.action == "deleted", decision
     assert f"but ftpilot's own {final.probe_requests}" in decision.reason
+    assert services.runs.get(champion.run_id).state is RunState.RETIRED

@@ -54,3 +54,22 @@ def test_storage_ports_say_when_azurite_is_meant() -> None:
         storage_ports("DefaultEndpointsProtocol=https;AccountName=prod;AccountKey=k;EndpointSuffix=core.windows.net")
         is None
     )
+
+
+def test_the_gates_verdict_and_evidence_are_printed() -> None:
+    printed: list[str] = []
+    printer = RunPrinter(printed.append)
+    gating = record().moved(RunState.GATING, "smoke test passed; comparing with the live model")
+    printer.skip([gating])
+    promotion = {"decision": "not_promoted", "report": "reports/chat.jsonl.promotion.json"}
+    ended = gating.moved(RunState.ROLLING_BACK, reason="not promoted: ROUGE-L F 0.1 is 0.3 below", promotion=promotion)
+    ended = ended.moved(RunState.NOT_PROMOTED, reason=ended.reason)
+    printer.update([ended], lambda _: None)
+    lines = [line.split("] ", 1)[-1].strip() for line in printed]
+    assert lines == [
+        "run 01234567 incoming/chat.jsonl: rolling_back",
+        "reason: not promoted: ROUGE-L F 0.1 is 0.3 below",
+        "run 01234567 incoming/chat.jsonl: not_promoted",
+        "reason: not promoted: ROUGE-L F 0.1 is 0.3 below",
+        "promotion gate: not_promoted; evidence in reports/chat.jsonl.promotion.md",
+    ]

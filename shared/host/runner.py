@@ -68,7 +68,8 @@ class RunPrinter:
                 note = f" - {entry['note']}" if entry.get("note") else ""
                 self.out(f"[{entry['at'][11:19]}] run {record.run_id[:8]} {record.dataset}: {entry['state']}{note}")
                 if (
-                    RunState(entry["state"]) in (*FAILURES, RunState.ROLLING_BACK, RunState.SUPERSEDED)
+                    RunState(entry["state"])
+                    in (*FAILURES, RunState.ROLLING_BACK, RunState.NOT_PROMOTED, RunState.SUPERSEDED)
                     and record.reason
                 ):
                     self.out(f"           reason: {record.reason}")
@@ -76,6 +77,9 @@ class RunPrinter:
                     shown = [k for k in HEADLINE_METRICS if k in record.metrics] or sorted(record.metrics)
                     metrics = ", ".join(f"{k}={record.metrics[k]:.4g}" for k in shown)
                     self.out(f"           metrics: {metrics}")
+                if entry["state"] in ("promoting", "not_promoted") and record.promotion.get("report"):
+                    report = record.promotion["report"].removesuffix(".json") + ".md"
+                    self.out(f"           promotion gate: {record.promotion['decision']}; evidence in {report}")
                 if entry["state"] == "live" and record.scoring_uri:
                     self.out(f"           endpoint {record.endpoint}: {record.scoring_uri}")
                     key = key_file(record.endpoint)

@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.naming import RUN_TAG
@@ -33,7 +34,7 @@ from shared.platform.port import (
     PlatformError,
     ProvisioningState,
 )
-from shared.runs import now
+from shared.runs import now, utcnow
 
 READS_TO_PROVISION = 2
 
@@ -49,6 +50,7 @@ class _Endpoint:
     deployments: dict[str, DeploymentInfo] = field(default_factory=dict)
     pending_deployments: dict[str, int] = field(default_factory=dict)
     requests: int = 0
+    request_times: list[datetime] = field(default_factory=list)  # on the rollout's clock (``use_clock``)
 
 
 class FakePlatform:
@@ -282,6 +284,7 @@ class FakePlatform:
             conversations = payload["input_data"]["input_string"]
             assert conversations and conversations[0][-1]["role"] == "user"
             endpoint.requests += 1
+            endpoint.request_times.append(utcnow())
         self._called("invoke")
         answer = self.answer(deployment_name, conversations[0]) if callable(self.answer) else self.answer
         if isinstance(answer, Exception):
@@ -298,12 +301,18 @@ class FakePlatform:
         endpoint = self.endpoints.get(name)
         if endpoint is None:
             raise NotFoundError(f"endpoint {name} does not exist")
-        return endpoint.requests
+        since = utcnow() - timedelta(seconds=window_s)  # Azure Monitor's count is of the window only
+        return sum(1 for at in endpoint.request_times if at > since)
 
     # What a test sets up and asserts on ---------------------------------------------------
     def add_endpoint(self, name: str, *, tags: Mapping[str, str], created_at: str, requests: int = 0) -> None:
         info = EndpointInfo(name, ProvisioningState.SUCCEEDED, f"https://{name}.fake/score", {}, dict(tags), created_at)
-        self.endpoints[name] = _Endpoint(info, pending=0, requests=requests)
+        self.endpoints[name] = _Endpoint(info, pending=0, requests=requests, request_times=[utcnow()] * requests)
+
+    def set_requests(self, endpoint: str, count: int) -> None:
+        """The endpoint served ``count`` requests just now, and no others."""
+        self.endpoints[endpoint].requests = count
+        self.endpoints[endpoint].request_times = [utcnow()] * count
 
     def live_deployments(self) -> list[tuple[str, str]]:
         return [(e, d) for e, ep in self.endpoints.items() for d in ep.deployments]
