@@ -427,8 +427,9 @@ def _model_id(record: RunRecord, services: Services) -> str:
 def _smoke_test(record: RunRecord, services: Services) -> None:
     """Ask the new deployment (directly, at 0% traffic) one question from the run's test split.
 
-    A transient failure (a 503 while the deployment warms up, a timeout) is retried after a
-    backoff, ``smoke_attempts`` tries in all, before it counts as a failed smoke test.
+    A transient failure (a 503 while the deployment warms up, a timeout) or an empty answer (the
+    smoke test samples, so one can be empty by chance) is retried after a backoff,
+    ``smoke_attempts`` tries in all, before it counts as a failed smoke test.
     """
     if not _hold_lease(record, services):
         return
@@ -445,8 +446,11 @@ def _smoke_test(record: RunRecord, services: Services) -> None:
         roll_back(record, services, f"smoke test failed: {error}")
         return
     problem = _output_problem(answer)
+    if problem and record.transient_errors + 1 < settings.smoke_attempts:
+        # A sampled answer can be empty by chance; the same emptiness every time is the model's.
+        raise TransientError(f"smoke test: {problem}; asking again")
     if problem:
-        roll_back(record, services, f"smoke test failed: {problem}")
+        roll_back(record, services, f"smoke test failed {settings.smoke_attempts} times: {problem}")
         return
     endpoint = platform.get_endpoint(record.endpoint)
     traffic = dict(endpoint.traffic) if endpoint else {}

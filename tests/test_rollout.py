@@ -256,6 +256,24 @@ def test_failed_smoke_test_rolls_back_and_keeps_traffic(services: Services, fake
     assert services.runs.get(first.run_id).state is RunState.LIVE
 
 
+def test_one_empty_smoke_answer_is_asked_again(services: Services, fake_platform) -> None:
+    """The smoke test samples: one empty answer can be chance; only ``smoke_attempts`` in a row fail it."""
+    answers = [{"output": ""}]
+
+    def first_empty(deployment: str, conversation: list[dict[str, str]]) -> dict[str, str]:
+        return answers.pop() if answers else {"output": "Tides come from the moon's pull."}
+
+    fake_platform.answer = first_empty
+    record = submit(services)
+    fake_platform.set_job(record.job_name, JobStatus.COMPLETED)
+    complete(services, fake_platform, record)
+    pump(services)
+    final = services.runs.get(record.run_id)
+    assert final.state is RunState.LIVE, (final.state, final.reason)
+    smoke = [h for h in final.history if h["state"] == "smoke_testing"]
+    assert smoke  # it was asked again, not rolled back
+
+
 def test_smoke_test_output_as_a_list_passes(services: Services, fake_platform) -> None:
     fake_platform.answer = {"output": ["A tide is a wave."]}
     record = submit(services)
