@@ -21,8 +21,9 @@ with the deployment header, greedy, with the same token budget.
   challenger's failure share is at most the maximum. The rule is on the mean: with K = 20 the
   interval is wide, and demanding its lower bound clear ``-tolerance`` would turn away most
   models as good as the champion; the report shows the interval so a reader sees how sure the
-  verdict is. The first model on an endpoint has no champion: it passes when its failure share is
-  within the maximum and, if ``gate_max_eval_loss`` is set, its job's ``eval_loss`` is at most that.
+  verdict is. The first model on an endpoint has no champion, and nothing serves until one
+  passes: it passes when it answers (not every answer empty or failed) and, if
+  ``gate_max_eval_loss`` is set, when its job's ``eval_loss`` is at most that.
   A champion that disappears mid-gate leaves the challenger judged as a first model, with a note.
 
 Settings (``gate_*``) hold the rule; blob metadata ``ftpilot_gate_<setting>`` on an upload
@@ -44,6 +45,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from shared.config import Settings
+from shared.platform.port import TransientError
 
 METADATA_PREFIX = "ftpilot_gate_"
 RESAMPLES = 1000
@@ -133,6 +135,7 @@ class Answer:
     text: str
     latency_s: float
     error: str = ""
+    transient: bool = False  # the error may go away by itself (a timeout, a 503): the gate may be asked again
 
     @property
     def failed(self) -> bool:
@@ -235,10 +238,12 @@ def decide(
 ) -> Verdict:
     """The rule, applied: every reason against promotion is named in ``why``."""
     against = []
-    if challenger.failure_share > rule.max_failure_share:
+    if champion is not None and challenger.failure_share > rule.max_failure_share:
         against.append(
             f"failure share {challenger.failure_share:.0%} is above the maximum {rule.max_failure_share:.0%}"
         )
+    if champion is None and challenger.failure_share == 1:
+        against.append("it gave no answer to any of the questions")
     if champion is not None and difference is not None and difference.mean < -rule.tolerance:
         against.append(
             f"ROUGE-L F {challenger.rouge_l.mean:.3f} is {-difference.mean:.3f} below the champion's "
@@ -274,7 +279,8 @@ def ask_all(samples: Sequence[Sample], ask: Callable[[Sample], str], workers: in
         try:
             text = ask(sample)
         except Exception as error:  # the port's errors: a timeout, a 5xx, a refused request
-            return Answer("", time.monotonic() - started, f"{type(error).__name__}: {error}"[:500])
+            why = f"{type(error).__name__}: {error}"[:500]
+            return Answer("", time.monotonic() - started, why, isinstance(error, TransientError))
         return Answer(text, time.monotonic() - started)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

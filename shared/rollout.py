@@ -533,6 +533,10 @@ def _judge(record: RunRecord, services: Services) -> tuple[gate.Verdict, dict[st
             notes.append(f"the champion {champion} disappeared during the gate: judged as the first model")
             del answers["champion"]
             champion = ""
+    flaky = sum(answer.transient for got in answers.values() for answer in got)
+    if flaky and record.transient_errors + 1 < settings.smoke_attempts:
+        # Platform trouble, not the model's answers: judge on a later try; the last try judges as it is.
+        raise TransientError(f"promotion gate: {flaky} requests failed after retries; asking again")
     values = {role: gate.scores(got, samples) for role, got in answers.items()}
     seed = record.run_id
     challenger = gate.Aggregate.of(record.deployment, answers["challenger"], values["challenger"], seed)

@@ -48,13 +48,19 @@ def test_the_tolerance_is_the_edge(difference: float, promote: bool) -> None:
 
 
 @pytest.mark.parametrize(("share", "promote"), [(0.0, True), (0.1, True), (0.15, False), (1.0, False)])
-def test_the_failure_share_is_bounded_with_or_without_a_champion(share: float, promote: bool) -> None:
-    with_champion = decide(
+def test_a_challengers_failure_share_is_bounded(share: float, promote: bool) -> None:
+    verdict = decide(
         RULE, aggregate(0.6, share), champion=aggregate(0.5), difference=Interval(0.1, 0, 0.2), eval_loss=None
     )
-    first = decide(RULE, aggregate(0.6, share), champion=None, difference=None, eval_loss=None)
-    assert with_champion.promote is promote and first.promote is promote
-    assert ("failure share" in first.why) is not promote
+    assert verdict.promote is promote
+    assert ("failure share" in verdict.why) is not promote
+
+
+@pytest.mark.parametrize(("share", "promote"), [(0.0, True), (0.5, True), (0.95, True), (1.0, False)])
+def test_a_first_model_passes_when_it_answers(share: float, promote: bool) -> None:
+    verdict = decide(RULE, aggregate(0.2, share), champion=None, difference=None, eval_loss=None)
+    assert verdict.promote is promote
+    assert ("no answer to any" in verdict.why) is not promote
 
 
 def test_a_first_model_meets_the_absolute_threshold_if_one_is_set() -> None:
@@ -296,3 +302,26 @@ def test_the_idle_sweep_neither_deletes_during_the_gate_nor_counts_its_calls(ser
     assert decision.action == "deleted", decision
     assert f"but ftpilot's own {final.probe_requests}" in decision.reason
     assert services.runs.get(champion.run_id).state is RunState.RETIRED
+
+
+def test_a_passing_outage_during_the_gate_is_asked_again_not_judged(services: Services, fake_platform) -> None:
+    good: set[str] = set()
+    _, second = live_then_challenger(services, fake_platform, good)
+    challenger = f"d-{second.run_id[:12]}"
+    good.add(challenger)
+    answer = fake_platform.answer
+    outage = {"smoke": 1, "left": 12}  # after the smoke test, the first gate's calls (each retried) fail
+
+    def flaky(deployment: str, conversation: list[dict[str, str]]):
+        if deployment == challenger and outage["smoke"]:
+            outage["smoke"] -= 1
+        elif deployment == challenger and outage["left"]:
+            outage["left"] -= 1
+            return TransientError("HTTP 503 from the scoring endpoint")
+        return answer(deployment, conversation)
+
+    fake_platform.answer = flaky
+    final = finish(services, fake_platform, second)
+    assert final.state is RunState.LIVE, (final.state, final.reason)
+    assert final.promotion["challenger_failure_share"] == 0  # judged on a try without the outage
+    assert final.history[-1]["state"] == "live"

@@ -1,8 +1,9 @@
 """The README's first command: the whole product on one machine, start to finish.
 
 Starts the local host (Azurite, local workspace), uploads a dataset, and lets the user
-watch ftpilot validate it, fine-tune, register, deploy, smoke-test, answer a chat request
-and finally delete the idle endpoint. The demo shortens only the waits (poll interval,
+watch ftpilot validate it, fine-tune, register, deploy, smoke-test, compare with the live model
+(the promotion gate: its verdict and report are printed), answer a chat request and finally
+delete the idle endpoint. The demo shortens only the waits (poll interval,
 idle window, sweep schedule); every step is the real one.
 """
 

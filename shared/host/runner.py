@@ -68,8 +68,7 @@ class RunPrinter:
                 note = f" - {entry['note']}" if entry.get("note") else ""
                 self.out(f"[{entry['at'][11:19]}] run {record.run_id[:8]} {record.dataset}: {entry['state']}{note}")
                 if (
-                    RunState(entry["state"])
-                    in (*FAILURES, RunState.ROLLING_BACK, RunState.NOT_PROMOTED, RunState.SUPERSEDED)
+                    RunState(entry["state"]) in (*FAILURES, RunState.ROLLING_BACK, RunState.SUPERSEDED)
                     and record.reason
                 ):
                     self.out(f"           reason: {record.reason}")
