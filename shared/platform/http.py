@@ -20,7 +20,7 @@ what may succeed later is a ``TransientError``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -144,3 +144,21 @@ def _scrub(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
+
+
+def scorer(scoring_uri: str, key: str, endpoint_name: str) -> Callable[[str, Mapping[str, Any], float], Any]:
+    """Calls of an endpoint's scoring URI with its key, each pinned to a deployment by the header
+    ``azureml-model-deployment`` (how a rollout reaches a deployment that has no traffic yet)."""
+
+    def score(deployment_name: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
+        return request_json(
+            "POST",
+            scoring_uri,
+            what=f"scoring {endpoint_name}/{deployment_name}",
+            timeout_s=timeout_s,
+            headers={"Authorization": f"Bearer {key}", "azureml-model-deployment": deployment_name},
+            body=dict(payload),
+            secrets=(key,),
+        )
+
+    return score

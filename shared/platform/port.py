@@ -173,11 +173,13 @@ class DeploymentInfo:
     created_at: str | None = None  # ISO 8601, as the platform reports it
 
 
-@runtime_checkable
 class Scorer(Protocol):
+    """Calls one endpoint's deployments (``MLPlatform.open_scoring``)."""
+
     def __call__(self, deployment_name: str, payload: Mapping[str, Any], timeout_s: float) -> Any: ...
 
 
+@runtime_checkable
 class MLPlatform(Protocol):
     """Everything ftpilot asks of the ML platform. Every create looks before it creates.
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from shared.platform.azureml.service import get_or_none
-from shared.platform.http import request_json
+from shared.platform.http import scorer
 from shared.platform.port import NotFoundError, PlatformConfigError, PlatformError, Scorer
 
 if TYPE_CHECKING:
@@ -41,17 +41,4 @@ def open_scoring(ml_client: MLClient, endpoint_name: str) -> Scorer:
         raise PlatformConfigError(
             f"endpoint {endpoint_name} does not use key authentication, as ftpilot's endpoints do"
         )
-    scoring_uri = endpoint.scoring_uri
-
-    def score(deployment_name: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
-        return request_json(
-            "POST",
-            scoring_uri,
-            what=f"scoring {endpoint_name}/{deployment_name}",
-            timeout_s=timeout_s,
-            headers={"Authorization": f"Bearer {key}", "azureml-model-deployment": deployment_name},
-            body=dict(payload),
-            secrets=(key,),
-        )
-
-    return score
+    return scorer(endpoint.scoring_uri, key, endpoint_name)

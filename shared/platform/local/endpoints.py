@@ -204,26 +204,12 @@ class Endpoints:
 
     def open_scoring(self, endpoint: str) -> Callable[[str, Mapping[str, Any], float], Any]:
         """A caller of the endpoint's scoring URI with its key, pinned per call to a deployment."""
-        from shared.platform.http import request_json  # the adapters' scrubbing JSON client
+        from shared.platform.http import scorer  # the adapters' scrubbing JSON client
 
         info = self.get_endpoint(endpoint)
         if info is None or info.scoring_uri is None:
             raise NotFoundError(f"endpoint {endpoint} does not exist")
-        key = keys.read_key(self.layout.keys, endpoint)
-        scoring_uri = info.scoring_uri
-
-        def score(deployment: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
-            return request_json(
-                "POST",
-                scoring_uri,
-                what=f"scoring {endpoint}/{deployment}",
-                timeout_s=timeout_s,
-                headers={"Authorization": f"Bearer {key}", DEPLOYMENT_HEADER: deployment},
-                body=dict(payload),
-                secrets=(key,),
-            )
-
-        return score
+        return scorer(info.scoring_uri, keys.read_key(self.layout.keys, endpoint), endpoint)
 
     # --- Deployments -----------------------------------------------------------------------
 
