@@ -105,7 +105,10 @@ class Settings(BaseSettings):
         0.02, ge=0, le=1, description="How much lower the challenger's mean ROUGE-L F may be than the champion's."
     )
     gate_max_failure_share: float = Field(
-        0.1, ge=0, le=1, description="Largest share of empty or failed answers a promoted model may give."
+        0.1,
+        ge=0,
+        le=1,
+        description="Largest share of empty or failed answers with which a challenger may replace the live model.",
     )
     gate_max_eval_loss: float | None = Field(
         None, gt=0, description="A model whose job's eval_loss is higher is not promoted (optional, absolute)."

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -21,7 +21,7 @@ from functions.cleanup import cleanup
 from functions.rollout import rollout, rollout_poison, run_events
 from shared.host.queues import deliver
 from shared.intake import handle_upload
-from shared.runs import RunRecord, RunState
+from shared.runs import RunRecord, RunState, use_clock
 from shared.services import Services, use_services
 from tests.azure_wire.transport import Sent
 from tests.azure_wire.workspace import Wire, wire_settings
@@ -203,7 +203,11 @@ def test_upload_to_idle_deletion_over_the_wire(azure, capsys: pytest.CaptureFixt
     # A day later nobody has called it: the idle sweep reads Azure Monitor and deletes the endpoint.
     emulator.score_requests[live.endpoint] = [t - timedelta(days=2) for t in emulator.score_requests[live.endpoint]]
     mark = recorder.mark()
-    cleanup(None)
+    use_clock(lambda: datetime.now(UTC) + timedelta(days=2))  # the run has been live for a whole window
+    try:
+        cleanup(None)
+    finally:
+        use_clock(None)
     sweep = recorder.since(mark)
     counts["idle sweep (one endpoint, deleted)"] = arm(sweep)
     (metrics,) = [s for s in sweep if s.path.endswith("/providers/Microsoft.Insights/metrics")]
