@@ -25,11 +25,13 @@ def curl(scoring_uri: str, key_file: Path | str) -> str:
 
 
 def openai_snippet(scoring_uri: str, key_file: Path | str) -> str:
+    """A one-line Python program (double-quoted inside, so the shell quoting stays readable)."""
     base_url = scoring_uri.removesuffix("/score") + "/v1"
     program = (
         "import openai, pathlib; "
-        f"client = openai.OpenAI(base_url={base_url!r}, api_key=pathlib.Path({str(key_file)!r}).read_text().strip()); "
-        f"print(client.chat.completions.create(model='ftpilot', messages={QUESTION!r}, max_tokens=64)"
+        f"client = openai.OpenAI(base_url={json.dumps(base_url)}, "
+        f"api_key=pathlib.Path({json.dumps(str(key_file))}).read_text().strip()); "
+        f'print(client.chat.completions.create(model="ftpilot", messages={json.dumps(QUESTION)}, max_tokens=64)'
         ".choices[0].message.content)"
     )
     return f"python -c {shlex.quote(program)}"
