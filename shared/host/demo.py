@@ -129,7 +129,7 @@ Where to look next:
 
 Calling a live endpoint (while `up` runs; `up` prints these, filled in, when a run goes live; the
 key is in {layout.keys}/<endpoint>.key), as a managed online endpoint on Azure is called:
-  {curl("<scoring URL>", f"{layout.keys}/<endpoint>.key")}
-and through its OpenAI-compatible surface (<scoring URL> without /score, plus /v1):
-  {openai_snippet("<scoring URL>", f"{layout.keys}/<endpoint>.key")}
+  {curl("<endpoint URL>/score", f"{layout.keys}/<endpoint>.key")}
+and through its OpenAI-compatible surface (the same URL, /v1 in place of /score):
+  {openai_snippet("<endpoint URL>/score", f"{layout.keys}/<endpoint>.key")}
 """
