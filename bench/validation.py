@@ -10,7 +10,8 @@ includes interpreter start-up and imports, as a user sees it. Both tools must ag
 verdict and the token statistics, or the comparison is void.
 
 The parse-only limit is measured in the same run: the file decoded line by line, one core,
-with the fastest JSON decoder installed (each candidate timed once, the fastest kept). It is
+with the fastest JSON decoder installed (each candidate timed twice, the best time kept), before
+the baseline runs. It is
 what validation could reach if checking, hashing and reading cost nothing on one core, so
 validation's throughput as a share of it says how much of the work is the checks'.
 
@@ -77,9 +78,9 @@ def _parse_limit(path: Path, cwd: Path) -> tuple[str, float]:
         if find_spec(module) is None:
             continue
         script = _PARSE_ONLY.format(module=module, statement=statement)
-        result = measure([sys.executable, "-c", script, str(path)], cwd=cwd, env=_environment())
-        if result.returncode == 0:
-            times[module] = result.wall_s
+        results = [measure([sys.executable, "-c", script, str(path)], cwd=cwd, env=_environment()) for _ in range(2)]
+        if all(result.returncode == 0 for result in results):
+            times[module] = min(result.wall_s for result in results)  # the limit: the better of two
     fastest = min(times, key=times.__getitem__)
     return fastest, times[fastest]
 
@@ -118,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
             with path.open("rb") as file:  # warm the page cache: both tools read from memory
                 while file.read(16 * MIB):
                     pass
+            decoder, parse_s = _parse_limit(path, cwd)  # before the baseline's gigabytes come and go
             runs = [_run_ours(path, cwd) for _ in range(args.runs)]
             report = runs[0][1]
             wall = statistics.median(run.wall_s for run, _ in runs)
             peak = max(run.peak_rss_bytes for run, _ in runs)
             baseline, base_report = _run_baseline(path, cwd)
             _same_answers(report, base_report)
-            decoder, parse_s = _parse_limit(path, cwd)
             speedup = baseline.wall_s / wall
             share = parse_s / wall
             label = format_size(size)
