@@ -530,3 +530,15 @@ def test_the_routers_health_reports_its_deployments(world: dict[str, Any]) -> No
             db.execute(
                 "UPDATE endpoints SET traffic = ? WHERE name = ?", (json.dumps({"blue": 100, "tight": 0}), ENDPOINT)
             )
+
+
+def test_several_choices_stream_side_by_side(world: dict[str, Any]) -> None:
+    chunks = list(
+        client(world).chat.completions.create(
+            model="any", messages=QUESTION, max_tokens=8, n=2, stream=True, extra_body={"min_tokens": 8}
+        )
+    )
+    ends = {choice.index: choice.finish_reason for chunk in chunks for choice in chunk.choices if choice.finish_reason}
+    assert ends == {0: "length", 1: "length"}
+    for index in (0, 1):
+        assert any(c.choices and c.choices[0].index == index and c.choices[0].delta.content for c in chunks)
