@@ -53,6 +53,8 @@ ROUTER_MODULE = "shared.platform.local.router"
 SERVER_MODULE = "shared.platform.local.scoring_server"
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 SECRET_HEADER = "x-ftpilot-deployment-secret"  # what a deployment demands of every request (``keys``)
+# After its deadline a request's handler waits this much longer for the generation worker to notice.
+DEADLINE_GRACE_S = 5.0
 # Azure ML's rule for endpoint and deployment names (they also name files here).
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]")
 ERROR_LINES = 3  # of a dead server's log, as the deployment's error

@@ -32,10 +32,9 @@ from shared.config import Settings
 from shared.platform.local import api_errors, keys, usage
 from shared.platform.local.api_errors import ApiError
 from shared.platform.local.asgi import BodyLimit, disconnected
-from shared.platform.local.endpoints import DEPLOYMENT_HEADER, SECRET_HEADER
+from shared.platform.local.endpoints import DEADLINE_GRACE_S, DEPLOYMENT_HEADER, SECRET_HEADER
 from shared.platform.local.layout import Layout
 from shared.platform.local.loopback import HEALTH_TIMEOUT_S, HOST
-from shared.platform.local.scoring_server import DEADLINE_GRACE_S
 from shared.platform.local.store import Store
 from shared.platform.port import NotFoundError
 

@@ -45,15 +45,12 @@ from shared.platform.local import api_errors, keys, tracking
 from shared.platform.local.api_errors import ApiError
 from shared.platform.local.asgi import BodyLimit, disconnected
 from shared.platform.local.chat_api import ChatRequest, ScoreRequest, bounded, conversation
-from shared.platform.local.endpoints import SECRET_HEADER
+from shared.platform.local.endpoints import DEADLINE_GRACE_S, SECRET_HEADER
 from shared.platform.local.engine import CANCELLED, FAILED, TIMEOUT, Busy, Choice, Engine, Sampling
 from shared.platform.local.layout import Layout
 from shared.platform.local.loopback import HOST
 
 log = logging.getLogger("ftpilot.scoring")
-
-# After its deadline a request's handler waits this much longer for the worker to notice.
-DEADLINE_GRACE_S = 5.0
 
 
 class RequireSecret:
@@ -101,10 +98,11 @@ class _Requests:
     async def prompt(self, messages: list[dict[str, str]]) -> list[int]:
         return await asyncio.to_thread(self.engine.encode, messages)
 
-    def choices(self, prompt: list[int], sampling: Sampling, count: int, on_text: Any = None) -> list[Choice]:
+    def choices(self, prompt: list[int], sampling: Sampling, count: int) -> list[Choice]:
+        """``count`` choices of one prompt, sharing a deadline; a seed gives each its own (seed, seed + 1, ...)."""
         deadline = time.monotonic() + self.timeout_s
         seeds = [None if sampling.seed is None else sampling.seed + i for i in range(count)]
-        return [Choice(prompt, replace(sampling, seed=seed), deadline, on_text) for seed in seeds]
+        return [Choice(prompt, replace(sampling, seed=seed), deadline) for seed in seeds]
 
     def submit(self, choices: Sequence[Choice]) -> None:
         try:
