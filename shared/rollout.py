@@ -508,7 +508,8 @@ def _judge(record: RunRecord, services: Services) -> tuple[gate.Verdict, dict[st
     samples = gate.pick((line for _, line in iter_lines(download.chunks())), rule.samples)
     if not samples:
         raise PlatformError(f"the test split {record.test_path} has no answered user turn to compare on")
-    champion = _champion(record, services)
+    # The deployment serving when the smoke test passed: under the run's lease, nothing else moves traffic.
+    champion = record.replaces
     parameters = rule.parameters()
     score = platform.open_scoring(record.endpoint)  # one key fetch for the 2K calls
 
@@ -555,14 +556,6 @@ def _judge(record: RunRecord, services: Services) -> tuple[gate.Verdict, dict[st
     )
     answered = sum(not answer.error for got in answers.values() for answer in got)
     return verdict, *gate.report(verdict, samples, answers, values, {**context, "champion": champion}), answered
-
-
-def _champion(record: RunRecord, services: Services) -> str:
-    """The deployment that takes the endpoint's traffic now (not this run's), or '' for a first model."""
-    endpoint = services.platform.get_endpoint(record.endpoint)
-    traffic = dict(endpoint.traffic) if endpoint else {}
-    serving = [name for name, share in sorted(traffic.items(), key=lambda kv: -kv[1]) if share]
-    return next((name for name in serving if name != record.deployment), "")
 
 
 def _with_retries(call: Callable[[], Any], services: Services, key: str) -> Any:
