@@ -47,13 +47,12 @@ def _age_s(created_at: str | None) -> float:
     return age_s(created_at or "")  # unknown age: infinite, so the grace period cannot protect it
 
 
-def _run_for(endpoint: str, runs: list[RunRecord]) -> RunRecord | None:
-    """The run that owns the endpoint now: one mid-rollout first, else the live one, else the most recent.
+def _run_for(mine: list[RunRecord]) -> RunRecord | None:
+    """Of an endpoint's runs, the one that owns it now: mid-rollout first, else the live one, else the most recent.
 
     A later run that ended without the traffic (not promoted, rolled back) does not own it: the
     live run is the one a deletion retires.
     """
-    mine = [r for r in runs if r.endpoint == endpoint]
     rolling = [r for r in mine if r.state.rolling_out]
     live = [r for r in mine if r.state is RunState.LIVE]
     return (rolling or live or sorted(mine, key=lambda r: r.updated_at))[-1] if mine else None
@@ -64,14 +63,14 @@ def _live_since(run: RunRecord) -> str:
     return next((entry["at"] for entry in reversed(run.history) if entry["state"] == RunState.LIVE), "")
 
 
-def _probes(endpoint: str, runs: list[RunRecord], window_s: float) -> int:
-    """Requests ftpilot itself sent the endpoint in the window (smoke tests, the promotion gate).
+def _probes(mine: list[RunRecord], window_s: float) -> int:
+    """Requests ftpilot itself sent an endpoint in the window (smoke tests, the promotion gate), from its runs.
 
     They are in the platform's request count too, and must not keep an endpoint nobody else
     calls alive. Only answered requests are recorded, so the discount can fall short (and an
     endpoint live one more window), never delete one that a client used.
     """
-    return sum(r.probe_requests for r in runs if r.endpoint == endpoint and age_s(r.probed_at) <= window_s)
+    return sum(r.probe_requests for r in mine if age_s(r.probed_at) <= window_s)
 
 
 def _decide(
@@ -190,12 +189,15 @@ def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
     """One tick of the idle sweep; returns every decision, for logs and the CLI."""
     dry_run = services.settings.cleanup_dry_run if dry_run is None else dry_run
     endpoints = [e for e in services.platform.list_endpoints() if managed(e)]
-    runs = list(services.runs.all())
+    by_endpoint: dict[str, list[RunRecord]] = {}
+    for record in services.runs.all():
+        by_endpoint.setdefault(record.endpoint, []).append(record)
 
     def one(endpoint: EndpointInfo) -> Decision:
-        run = _run_for(endpoint.name, runs)
+        mine = by_endpoint.get(endpoint.name, [])
+        run = _run_for(mine)
         try:
-            probes = _probes(endpoint.name, runs, services.settings.idle_window_s)
+            probes = _probes(mine, services.settings.idle_window_s)
             decision = _decide(endpoint, run, services, dry_run, probes)
             if decision.action == "kept" and not dry_run:
                 decision = replace(decision, orphans=_delete_orphans(endpoint, services))
