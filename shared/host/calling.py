@@ -10,12 +10,14 @@ import json
 import shlex
 from pathlib import Path
 
+from shared.rollout import scoring_request
+
 QUESTION = [{"role": "user", "content": "Hi!"}]
 
 
 def scoring_body() -> str:
-    """Azure ML's chat scoring contract, one conversation."""
-    return json.dumps({"input_data": {"input_string": [QUESTION], "parameters": {"max_new_tokens": 64}}})
+    """Azure ML's chat scoring contract, one conversation (as the smoke test sends it)."""
+    return json.dumps(scoring_request(QUESTION, {"max_new_tokens": 64}))
 
 
 def curl(scoring_uri: str, key_file: Path | str) -> str:
