@@ -92,9 +92,9 @@ class FaultyPlatform:
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.inner, name)
-        if name not in PLATFORM_METHODS:
-            return method
+        return self._faulty(name, method) if name in PLATFORM_METHODS else method
 
+    def _faulty(self, name: str, method: Any) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
             kind = self.faults.draw(f"platform.{name}")
             if kind == "before":
@@ -105,17 +105,10 @@ class FaultyPlatform:
             if kind == "kill":
                 raise WorkerKilled(f"after {name}")
             if name == "open_scoring":  # its calls are invokes, and fail as invokes do
-                return FaultyPlatform(_Invoker(result), self.faults).invoke
+                return self._faulty("invoke", result)
             return result
 
         return call
-
-
-class _Invoker:
-    """A scorer from ``open_scoring``, seen as the port's ``invoke`` (without the endpoint name)."""
-
-    def __init__(self, score: Any) -> None:
-        self.invoke = score
 
 
 class FaultyTable:

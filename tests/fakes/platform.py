@@ -49,8 +49,11 @@ class _Endpoint:
     pending: int = READS_TO_PROVISION
     deployments: dict[str, DeploymentInfo] = field(default_factory=dict)
     pending_deployments: dict[str, int] = field(default_factory=dict)
-    requests: int = 0
     request_times: list[datetime] = field(default_factory=list)  # on the rollout's clock (``use_clock``)
+
+    @property
+    def requests(self) -> int:
+        return len(self.request_times)
 
 
 class FakePlatform:
@@ -283,7 +286,6 @@ class FakePlatform:
                 raise PlatformError(f"deployment {deployment_name} cannot take requests")
             conversations = payload["input_data"]["input_string"]
             assert conversations and conversations[0][-1]["role"] == "user"
-            endpoint.requests += 1
             endpoint.request_times.append(utcnow())
         self._called("invoke")
         answer = self.answer(deployment_name, conversations[0]) if callable(self.answer) else self.answer
@@ -307,11 +309,10 @@ class FakePlatform:
     # What a test sets up and asserts on ---------------------------------------------------
     def add_endpoint(self, name: str, *, tags: Mapping[str, str], created_at: str, requests: int = 0) -> None:
         info = EndpointInfo(name, ProvisioningState.SUCCEEDED, f"https://{name}.fake/score", {}, dict(tags), created_at)
-        self.endpoints[name] = _Endpoint(info, pending=0, requests=requests, request_times=[utcnow()] * requests)
+        self.endpoints[name] = _Endpoint(info, pending=0, request_times=[utcnow()] * requests)
 
     def set_requests(self, endpoint: str, count: int) -> None:
         """The endpoint served ``count`` requests just now, and no others."""
-        self.endpoints[endpoint].requests = count
         self.endpoints[endpoint].request_times = [utcnow()] * count
 
     def live_deployments(self) -> list[tuple[str, str]]:
