@@ -3,10 +3,11 @@
 import azure.functions as func
 
 from functions.cleanup import bp as cleanup
+from functions.events import bp as events
 from functions.intake import bp as intake
 from functions.reconcile import bp as reconcile
 from functions.rollout import bp as rollout
 
 app = func.FunctionApp()
-for blueprint in (intake, rollout, cleanup, reconcile):
+for blueprint in (intake, rollout, events, cleanup, reconcile):
     app.register_functions(blueprint)

@@ -189,6 +189,7 @@ def services_on(server: Azurite, platform: MLPlatform, **settings: Any) -> Servi
             "intake_container": f"bench-{suffix}",
             "runs_table": f"bench{suffix}",
             "rollout_queue": f"bench-{suffix}",
+            "events_queue": f"bench-events-{suffix}",
             "data_dir": server.location.parent / "ftpilot",
         }
         | settings

@@ -34,6 +34,7 @@ def plan(sizes: str, quick: bool, docs: bool) -> dict[str, list[str]]:
         "cleanup_sweep": others,
         "reconcile_tick": others,
         "serving": others,
+        "admission_burst": others,
     }
 
 

@@ -3,7 +3,10 @@
 An endpoint is a candidate only if it carries ftpilot's ``managed-by`` tag. It is deleted
 when it served no request in the whole idle window (ftpilot's own smoke-test and promotion-gate
 requests discounted; its run live for at least that window), is older than the grace period, has no
-opt-out tag, and no run is rolling out to it. The metrics calls are slow, so that last check
+opt-out tag, and no run is rolling out to it; and, when it has a run to tell, only after the
+deletion was announced (an ``idle_deletion_scheduled`` event, ``idle_notice`` seconds ahead)
+with nobody calling it since. Both events say what the deletion saves a day at the run's
+instance type and count (``instance_prices``). The metrics calls are slow, so that last check
 is made twice: from the records read at the start, and again right before the delete, with
 the endpoint's lease taken for the sweep, so a rollout that starts meanwhile either waits
 for the sweep or is seen. On the endpoints it keeps, the sweep deletes orphan deployments:
@@ -21,10 +24,13 @@ import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
+from shared import lifecycle
+from shared.lifecycle import event, notice_id, with_event
 from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE
 from shared.platform.port import EndpointInfo
-from shared.runs import RunRecord, RunState, age_s, now
+from shared.runs import RunRecord, RunState, age_s, now, utcnow
 from shared.services import Services
 
 log = logging.getLogger(__name__)
@@ -33,10 +39,11 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Decision:
     endpoint: str
-    action: str  # deleted | would_delete | kept | failed
+    action: str  # deleted | would_delete | announced | would_announce | kept | failed
     reason: str
     run_id: str = ""
     orphans: tuple[str, ...] = ()  # orphan deployments deleted on a kept endpoint
+    deletion_due_at: str = ""  # announced: when the endpoint is deleted unless someone calls it
 
 
 def managed(endpoint: EndpointInfo) -> bool:
@@ -73,27 +80,78 @@ def _probes(mine: list[RunRecord], window_s: float) -> int:
     return sum(r.probe_requests for r in mine if age_s(r.probed_at) <= window_s)
 
 
+def saves_per_day(run: RunRecord | None, services: Services) -> float | None:
+    """USD a day that deleting the run's deployment saves, at its instance type and count (None: no price)."""
+    settings = services.settings
+    instance_type = (run.instance_type if run else "") or settings.inference_instance_type
+    count = (run.instance_count if run else 0) or settings.inference_instance_count
+    price = settings.instance_prices.get(instance_type)
+    return None if price is None else round(price * count * 24, 2)
+
+
+def _idle(run: RunRecord | None, endpoint: EndpointInfo, services: Services, **extra: object) -> dict[str, object]:
+    """What the idle events carry: the endpoint, the window and what the deletion saves."""
+    settings = services.settings
+    return {
+        "endpoint": endpoint.name,
+        "idle_window_s": settings.idle_window_s,
+        "instance_type": (run.instance_type if run else "") or settings.inference_instance_type,
+        "instance_count": (run.instance_count if run else 0) or settings.inference_instance_count,
+        "usd_per_day": saves_per_day(run, services),
+        "prices_read_on": settings.prices_read_on,
+        **extra,
+    }
+
+
+def _savings(run: RunRecord | None, services: Services) -> str:
+    saved = saves_per_day(run, services)
+    return "" if saved is None else f"; saves ${saved:,.2f} a day"
+
+
 def _decide(
-    endpoint: EndpointInfo, run: RunRecord | None, services: Services, dry_run: bool, probes: int = 0
+    endpoint: EndpointInfo, run: RunRecord | None, services: Services, dry_run: bool, mine: list[RunRecord]
 ) -> Decision:
+    """Keep, announce, or delete one endpoint.
+
+    An endpoint nobody but ftpilot called for the idle window less the notice period is
+    announced (``idle_deletion_scheduled``) and kept; it is deleted once the notice period
+    has passed with no call in the whole window. A call after the notice withdraws it. An
+    endpoint with no run on record has nobody to tell, and is deleted after the window.
+    """
     settings = services.settings
     run_id = run.run_id if run else ""
+    window, notice = settings.idle_window_s, settings.idle_notice
     if endpoint.tags.get(KEEP_TAG, "").lower() in ("1", "true", "yes"):
         return Decision(endpoint.name, "kept", f"opted out with the {KEEP_TAG} tag", run_id)
     if _age_s(endpoint.created_at) < settings.cleanup_grace_s:
         return Decision(endpoint.name, "kept", f"younger than the {settings.cleanup_grace_s} s grace period", run_id)
     if run is not None and run.state.rolling_out:
         return Decision(endpoint.name, "kept", f"run {run.run_id} is mid-rollout ({run.state})", run_id)
-    if run is not None and run.state is RunState.LIVE and age_s(_live_since(run)) < settings.idle_window_s:
-        return Decision(endpoint.name, "kept", f"live for less than the {settings.idle_window_s} s idle window", run_id)
-    served = services.platform.endpoint_request_count(endpoint.name, settings.idle_window_s) - probes
+    announce = run is not None and notice > 0
+    quiet_s = window - notice if announce else window
+    if run is not None and run.state is RunState.LIVE and age_s(_live_since(run)) < quiet_s:
+        return Decision(endpoint.name, "kept", f"live for less than the {window} s idle window", run_id)
+    probes = _probes(mine, quiet_s)
+    served = services.platform.endpoint_request_count(endpoint.name, quiet_s) - probes
     if served > 0:
-        return Decision(
-            endpoint.name, "kept", f"served {served} requests in the last {settings.idle_window_s} s", run_id
-        )
-    idle = f"no requests in the last {settings.idle_window_s} s"
+        return Decision(endpoint.name, "kept", f"served {served} requests in the last {quiet_s} s", run_id)
+    if announce and run is not None and not run.idle_notice_at:
+        due = (utcnow() + timedelta(seconds=notice)).isoformat(timespec="seconds")
+        action = "would_announce" if dry_run else "announced"
+        reason = f"no requests in the last {quiet_s} s; deletion announced for {due}{_savings(run, services)}"
+        return Decision(endpoint.name, action, reason, run_id, deletion_due_at=due)
+    if announce and run is not None and age_s(run.idle_notice_at) < notice:
+        due = (datetime.fromisoformat(run.idle_notice_at) + timedelta(seconds=notice)).isoformat(timespec="seconds")
+        return Decision(endpoint.name, "kept", f"deletion announced for {due}", run_id, deletion_due_at=due)
+    if quiet_s != window:
+        probes = _probes(mine, window)
+        served = services.platform.endpoint_request_count(endpoint.name, window) - probes
+        if served > 0:  # calls from before the notice: it was idle long enough to announce, not yet to delete
+            return Decision(endpoint.name, "kept", f"served {served} requests in the last {window} s", run_id)
+    idle = f"no requests in the last {window} s"
     if probes:
         idle += f" but ftpilot's own {probes} (smoke test and promotion gate)"
+    idle += _savings(run, services)
     if dry_run:
         return Decision(endpoint.name, "would_delete", idle, run_id)
     return _delete(endpoint, run_id, idle, services)
@@ -170,16 +228,33 @@ def _shape(note: str) -> str:
     return re.sub(r"\d+", "#", note)
 
 
-def _record(decision: Decision, services: Services) -> None:
+def _record(decision: Decision, endpoint: EndpointInfo, services: Services) -> None:
+    """Write the decision to its run: the note always; the notice and the deletion with their events."""
     if not decision.run_id:
         return
     note = f"{now()} sweep: {_note(decision)}"
 
     def change(run: RunRecord) -> RunRecord:
-        if decision.action == "deleted" and run.state is RunState.LIVE:
-            return replace(
-                run.moved(RunState.RETIRED, f"endpoint {decision.endpoint} deleted: {decision.reason}"), sweep_note=note
+        if decision.action == "announced" and not run.idle_notice_at:
+            noticed = replace(run, idle_notice_at=now(), sweep_note=note)
+            idle = _idle(run, endpoint, services, deletion_due_at=decision.deletion_due_at)
+            kind = lifecycle.IDLE_DELETION_SCHEDULED
+            return with_event(
+                noticed, event(noticed, kind, event_id=notice_id(noticed, kind, noticed.idle_notice_at), idle=idle)
             )
+        if decision.action == "deleted":
+            idle = _idle(run, endpoint, services)
+            if run.state is not RunState.LIVE:  # nothing to retire; the deletion is news all the same
+                kept = replace(run, sweep_note=note)
+                kind = lifecycle.IDLE_DELETED
+                return with_event(kept, event(kept, kind, event_id=notice_id(kept, kind, now()), idle=idle))
+            retired = replace(
+                run.moved(RunState.RETIRED, f"endpoint {decision.endpoint} deleted: {decision.reason}"),
+                sweep_note=note,
+            )
+            return with_event(retired, event(retired, lifecycle.IDLE_DELETED, idle=idle))
+        if decision.action == "kept" and run.idle_notice_at and decision.reason.startswith("served"):
+            return replace(run, idle_notice_at="", sweep_note=f"{note}; the announced deletion is withdrawn")
         return replace(run, sweep_note=note)
 
     services.runs.update(decision.run_id, change)
@@ -197,14 +272,13 @@ def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
         mine = by_endpoint.get(endpoint.name, [])
         run = _run_for(mine)
         try:
-            probes = _probes(mine, services.settings.idle_window_s)
-            decision = _decide(endpoint, run, services, dry_run, probes)
+            decision = _decide(endpoint, run, services, dry_run, mine)
             if decision.action == "kept" and not dry_run:
                 decision = replace(decision, orphans=_delete_orphans(endpoint, services))
         except Exception as error:  # one endpoint's trouble must not stop the sweep
             decision = Decision(endpoint.name, "failed", f"{type(error).__name__}: {error}", run.run_id if run else "")
         if not dry_run and _news(decision, run):
-            _record(decision, services)
+            _record(decision, endpoint, services)
         log.info("cleanup: %s %s: %s", decision.endpoint, decision.action, decision.reason)
         return decision
 

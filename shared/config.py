@@ -14,11 +14,27 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # bool first: JSON true must stay a boolean (the adapter sends "true"), not become 1.
 FineTuneValue = bool | str | int | float
+
+
+# Pay-as-you-go Linux list prices in East US, USD per hour, for the GPU sizes the walkthrough and Azure
+# ML's chat-model deployments use (Azure ML adds no surcharge on a managed online endpoint's VMs).
+# Written down from Azure's public price list, not re-read by a machine here (no internet): check
+# them against the Retail Prices API (README, "What an idle endpoint costs") and override.
+DEFAULT_PRICES: dict[str, float] = {
+    "Standard_NC6s_v3": 3.06,
+    "Standard_NC12s_v3": 6.12,
+    "Standard_NC24s_v3": 12.24,
+    "Standard_NC24ads_A100_v4": 3.673,
+    "Standard_NC48ads_A100_v4": 7.346,
+    "Standard_NC96ads_A100_v4": 14.692,
+    "Standard_ND96amsr_A100_v4": 32.77,
+}
+PRICES_READ_ON = "2026-12-02"
 
 
 class Settings(BaseSettings):
@@ -115,6 +131,44 @@ class Settings(BaseSettings):
     )
     gate_max_new_tokens: int = Field(128, ge=1, le=4096, description="Tokens per gate answer (greedy decoding).")
 
+    # Lifecycle events: what ftpilot tells the world (``shared.lifecycle``, ``shared.publish``).
+    events_queue: str = Field("ftpilot-events", description="Queue that wakes the sender of a run's lifecycle events.")
+    events_source: str = Field(
+        "/ftpilot", description="CloudEvents source of ftpilot's events (a URI reference naming this deployment)."
+    )
+    events_topic_endpoint: str | None = Field(
+        None,
+        description="Event Grid custom topic endpoint (https://<topic>.<region>-1.eventgrid.azure.net/api/events) "
+        "that receives the events, as CloudEvents; with the app's managed identity unless a key is set.",
+    )
+    events_topic_key: str | None = Field(
+        None, description="Access key of that topic; leave unset to publish with the managed identity."
+    )
+    webhook_url: str | None = Field(None, description="URL that receives each event, signed as Standard Webhooks.")
+    webhook_secret: str | None = Field(
+        None, description="The webhook's signing secret, whsec_ and base64 (required with a webhook URL)."
+    )
+    events_retry_base_s: float = Field(
+        5, ge=0, description="First delay before sending an event again; doubles per failed try."
+    )
+    events_retry_cap_s: float = Field(3600, ge=0, description="Longest delay between tries of one event.")
+    events_ttl_s: int = Field(
+        86400, gt=0, description="An event no sink took in this long is dropped (noted on its run), as Event Grid does."
+    )
+
+    # Spend limits: admission control before training, and before a new endpoint.
+    max_training_runs: int = Field(
+        4, ge=1, description="Runs training at once; later uploads wait, queued, and are submitted in upload order."
+    )
+    max_training_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="A dataset whose estimated billed training tokens (validation report) exceed this is refused.",
+    )
+    max_endpoints: int | None = Field(
+        None, gt=0, description="Endpoints ftpilot keeps at once; a run that would create one more is refused."
+    )
+
     # Cleanup: idle endpoints ftpilot manages.
     cleanup_schedule: str = Field("0 */15 * * * *", description="NCRONTAB schedule of the idle sweep.")
     idle_window_s: int = Field(86400, gt=0, description="An endpoint that served no request for this long is deleted.")
@@ -123,6 +177,18 @@ class Settings(BaseSettings):
     cleanup_concurrency: int = Field(
         32, ge=1, description="Endpoints checked at once (each check is an Azure Monitor call of ~0.2 s)."
     )
+    idle_notice_s: int | None = Field(
+        None,
+        ge=0,
+        description="Announce an idle endpoint's deletion this long before it (an idle_deletion_scheduled event); "
+        "the sweep deletes only endpoints announced at least this long ago. Unset: a quarter of the idle window.",
+    )
+    instance_prices: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES),
+        description="USD per instance hour by VM size, for what deleting an idle deployment saves "
+        "(JSON object; defaults: Azure's pay-as-you-go Linux prices, see prices_read_on).",
+    )
+    prices_read_on: str = Field(PRICES_READ_ON, description="When the instance prices were read.")
 
     # Local workspace.
     data_dir: Path = Field(Path(".ftpilot"), description="Local workspace state (jobs, MLflow, endpoints).")
@@ -152,12 +218,38 @@ class Settings(BaseSettings):
         "event_topic",
         "local_base_model",
         "gate_max_eval_loss",
+        "events_topic_endpoint",
+        "events_topic_key",
+        "webhook_url",
+        "webhook_secret",
+        "max_training_tokens",
+        "max_endpoints",
+        "idle_notice_s",
         mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         """An app setting left empty (as in local.settings.sample.json) means 'not set'."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Settings that only make sense together; each message names both."""
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError("FTPILOT_WEBHOOK_URL is set but FTPILOT_WEBHOOK_SECRET is not: webhooks are always signed")
+        if self.webhook_secret:
+            from standardwebhooks import Webhook
+
+            try:
+                Webhook(self.webhook_secret)
+            except Exception as error:
+                raise ValueError(f"FTPILOT_WEBHOOK_SECRET is not a whsec_ base64 secret: {error}") from None
+        if self.idle_notice_s is not None and self.idle_notice_s >= self.idle_window_s:
+            raise ValueError(
+                f"FTPILOT_IDLE_NOTICE_S ({self.idle_notice_s}) must be shorter than "
+                f"FTPILOT_IDLE_WINDOW_S ({self.idle_window_s}): the notice comes inside the idle window"
+            )
+        return self
 
     @field_validator("cleanup_schedule", "reconcile_schedule")
     @classmethod
@@ -188,6 +280,11 @@ class Settings(BaseSettings):
         return workspace_topic(
             self.subscription_id or "local", self.resource_group or "local", self.workspace_name or "local"
         )
+
+    @property
+    def idle_notice(self) -> int:
+        """Seconds between the idle sweep's notice and the deletion it announces."""
+        return self.idle_window_s // 4 if self.idle_notice_s is None else self.idle_notice_s
 
     @property
     def epochs(self) -> int:

@@ -10,14 +10,14 @@ The uploaded blob is only ever read (pinned to the ETag seen first), never chang
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from shared import gate
-from shared.blobnames import Kind, Upload, classify, dataset_label, report_names, sidecar_name
-from shared.naming import DATASET_TAG, RUN_TAG, SHA256_TAG, job_name, run_id_for
-from shared.platform.port import DataRef, FineTuneRequest, PlatformConfigError
-from shared.runs import RunRecord, RunState, now
+from shared import admission, gate
+from shared.blobnames import Kind, Upload, classify, report_names, sidecar_name
+from shared.naming import run_id_for
+from shared.runs import RunRecord, RunState
 from shared.services import Services
 from shared.storage import BlockWriter
 from shared.validation import Report, ValidationOptions, iter_lines, validate_chunks
@@ -28,7 +28,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARAMETER_METADATA_PREFIX = "ftpilot_"
-RESUMABLE = {RunState.RECEIVED, RunState.SUBMIT_FAILED}
+# States from which an upload (a first one, or a re-upload of the same content) goes on to a job.
+RESUMABLE = frozenset({RunState.RECEIVED, RunState.SUBMIT_FAILED, RunState.REFUSED})
+
+
+def _resumable(record: RunRecord) -> bool:
+    """Not yet trained: received, or stopped before submission (a run refused after training is not)."""
+    return record.state in RESUMABLE and not record.job_name
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,8 @@ class Outcome:
     """What intake did with one upload (for logs, the CLI and tests)."""
 
     name: str
-    action: str  # refused | ignored | invalid | duplicate | submitted | already | submit_failed | vanished
+    # refused (a name or a limit), ignored, invalid, duplicate, queued, submitted, already, submit_failed, vanished
+    action: str
     run_id: str = ""
     job_name: str = ""
     reason: str = ""
@@ -51,6 +58,7 @@ class _PinnedBlob:
         properties = client.get_blob_properties()
         self.client = client
         self.etag: str = properties.etag
+        self.uploaded_at: str = properties.last_modified.isoformat() if properties.last_modified else ""
         self.metadata: dict[str, str] = dict(properties.metadata or {})
         self._condition = MatchConditions.IfNotModified
 
@@ -116,6 +124,7 @@ def _process(upload: Upload, client: BlobClient, services: Services) -> Outcome:
         else fresh.moved(RunState.INVALID, reason=_invalid_reason(report, sidecar_report))
     )
     record, created = services.runs.claim(fresh)
+    limit = admission.token_limit(report.stats.get("billed_tokens", 0), services) if valid else None
 
     if not created and record.dataset != upload.name:
         record = services.runs.update(
@@ -127,21 +136,29 @@ def _process(upload: Upload, client: BlobClient, services: Services) -> Outcome:
             ),
         )
         _write_report(
-            upload, services=services, report=report, sidecar_report=sidecar_report, run_id=run_id, duplicate_of=record
+            upload,
+            services=services,
+            report=report,
+            sidecar_report=sidecar_report,
+            run_id=run_id,
+            duplicate_of=record,
+            limit=limit,
         )
         log.info("intake: %r duplicates run %s (%s)", upload.name, run_id, record.state)
-        if record.state not in RESUMABLE:
+        if not _resumable(record):
             return Outcome(upload.name, "duplicate", run_id, record.job_name, f"same content as {record.dataset}")
-    elif created or record.state in RESUMABLE:
-        _write_report(upload, services=services, report=report, sidecar_report=sidecar_report, run_id=run_id)
+    elif created or _resumable(record):
+        _write_report(
+            upload, services=services, report=report, sidecar_report=sidecar_report, run_id=run_id, limit=limit
+        )
 
     if record.state is RunState.INVALID:
         log.info("intake: %r is invalid: %s", upload.name, record.reason)
         return Outcome(upload.name, "invalid", run_id, reason=record.reason)
-    if record.state not in RESUMABLE:
+    if not _resumable(record):
         log.info("intake: %r already handled as run %s (%s)", upload.name, run_id, record.state)
         return Outcome(upload.name, "already", run_id, record.job_name)
-    return _submit(upload, record, main, sidecar, services)
+    return _submit(upload, record, main, sidecar, services=services, report=report)
 
 
 def _sidecar(
@@ -170,8 +187,15 @@ def _invalid_reason(report: Report, sidecar_report: Report | None) -> str:
 
 
 def _submit(
-    upload: Upload, record: RunRecord, main: _PinnedBlob, sidecar: _PinnedBlob | None, services: Services
+    upload: Upload,
+    record: RunRecord,
+    main: _PinnedBlob,
+    sidecar: _PinnedBlob | None,
+    *,
+    services: Services,
+    report: Report,
 ) -> Outcome:
+    """Check what can be checked before any GPU time, split, queue; then let admission submit it."""
     settings = services.settings
     run_id = record.run_id
     overrides = gate.overrides(main.metadata)
@@ -182,54 +206,47 @@ def _submit(
         if _failed(services, run_id, reason).state is not RunState.SUBMIT_FAILED:
             return Outcome(upload.name, "already", run_id, reason="a duplicate upload submitted it")
         return Outcome(upload.name, "submit_failed", run_id, reason=reason)
-    train_path, test_path = _prepare(record, main, sidecar, services)
-    request = FineTuneRequest(
-        job_name=job_name(run_id),
-        base_model=settings.base_model,
-        train=DataRef(settings.intake_container, train_path),
-        test=DataRef(settings.intake_container, test_path),
-        dataset_label=dataset_label(upload.name),
-        parameters=dataset_parameters(main.metadata),
-        tags={RUN_TAG: run_id, DATASET_TAG: upload.name[:256], SHA256_TAG: record.sha256},
-    )
-    try:
-        job = services.platform.submit_finetune(request)
-    except PlatformConfigError as error:
-        # Retrying cannot help until someone fixes the setting or the workspace: record and stop.
-        reason = str(error)
-        if _failed(services, run_id, reason).state is not RunState.SUBMIT_FAILED:
+    limit = admission.token_limit(report.stats.get("billed_tokens", 0), services)
+    if limit is not None:
+        refused = admission.refuse(record, limit, services, before=RESUMABLE)
+        if refused.state is not RunState.REFUSED:
             return Outcome(upload.name, "already", run_id, reason="a duplicate upload submitted it")
-        log.error("intake: run %s not submitted: %s", run_id, reason)
-        return Outcome(upload.name, "submit_failed", run_id, reason=reason)
-    except Exception as error:
-        # Possibly transient: note it (the run stays received), then let the host retry the
-        # trigger; if every retry fails, the reconciler takes the upload through intake again.
-        reason = f"{type(error).__name__}: {error}"[:2000]
-        services.runs.update(run_id, lambda r: replace(r, last_error=reason) if r.state in RESUMABLE else None)
-        raise
+        return Outcome(upload.name, "refused", run_id, reason=limit.reason)
+    _prepare(record, main, sidecar, services)
 
-    def submitted(current: RunRecord) -> RunRecord | None:
-        if current.state not in RESUMABLE:
+    def queued(current: RunRecord) -> RunRecord | None:
+        if not _resumable(current):
             return None  # another worker got there first; its record stands
         return current.moved(
-            RunState.SUBMITTED,
-            f"job {job.name}",
-            job_name=job.name,
-            parameters=dict(job.parameters),
+            RunState.QUEUED,
+            f"waiting for one of {settings.max_training_runs} training slots",
+            inputs=dataset_parameters(main.metadata),
             gate=overrides,
+            uploaded_at=main.uploaded_at,
+            # The wall clock, not the run clock: an order among this second's uploads, not a deadline.
+            queued_at=datetime.now(UTC).isoformat(),
             reason="",
-            phase_started_at=now(),
         )
 
-    services.runs.update(run_id, submitted)
-    log.info("intake: run %s submitted as job %s", run_id, job.name)
-    return Outcome(upload.name, "submitted", run_id, job.name)
+    if services.runs.update(run_id, queued).state is not RunState.QUEUED:
+        return Outcome(upload.name, "already", run_id, reason="a duplicate upload submitted it")
+    admission.admit(services, raise_for=run_id)
+    stored = services.runs.get(run_id) or record
+    if stored.state is RunState.SUBMITTED:
+        log.info("intake: run %s submitted as job %s", run_id, stored.job_name)
+        return Outcome(upload.name, "submitted", run_id, stored.job_name)
+    if stored.state is RunState.SUBMIT_FAILED:
+        return Outcome(upload.name, "submit_failed", run_id, reason=stored.reason)
+    if stored.state is RunState.QUEUED:
+        log.info("intake: run %s queued for a training slot", run_id)
+        return Outcome(upload.name, "queued", run_id)
+    return Outcome(upload.name, "already", run_id, stored.job_name)
 
 
 def _failed(services: Services, run_id: str, reason: str) -> RunRecord:
     """Record a failed submit, unless another worker (a duplicate upload) has submitted the run meanwhile."""
     return services.runs.update(
-        run_id, lambda r: r.moved(RunState.SUBMIT_FAILED, reason=reason) if r.state in RESUMABLE else None
+        run_id, lambda r: r.moved(RunState.SUBMIT_FAILED, reason=reason) if _resumable(r) else None
     )
 
 
@@ -272,6 +289,7 @@ def _write_report(
     sidecar_report: Report | None,
     run_id: str,
     duplicate_of: RunRecord | None = None,
+    limit: admission.Limit | None = None,
 ) -> None:
     json_name, md_name = report_names(upload, services.settings)
     document = report.to_dict()
@@ -288,6 +306,12 @@ def _write_report(
         markdown = (
             f"> **Duplicate upload**: same content as `{duplicate_of.dataset}`, run `{run_id}` "
             f"({duplicate_of.state}). No new job was submitted.\n\n" + markdown
+        )
+    if limit is not None:
+        document["refused"] = {**limit.data(), "reason": limit.reason}
+        markdown = (
+            f"> **Refused before training**: {limit.reason}. Raise `{limit.setting}` or upload a smaller "
+            "dataset; uploading this one again after raising it resumes the run.\n\n" + markdown
         )
     services.storage.put_report((json_name, md_name), document, markdown)
 

@@ -8,7 +8,8 @@ hands it back to the rollout worker: a training run gets a check of its job (whi
 enforces the training deadline), a rollout whose re-check is overdue gets that check again
 (with the chain's own token, so it continues the chain instead of starting a second one), an
 upload that intake never finished is taken through intake again. Leases whose holder has
-ended are released.
+ended are released, queued uploads are admitted as training slots free (``shared.admission``),
+and runs whose lifecycle events are due (a lost wake-up, a backoff over) are queued for sending.
 
 The tick does no platform work itself: it reads the run table (one filtered, paged query)
 and sends queue messages, at most ``reconcile_batch`` of them, ``reconcile_concurrency`` at
@@ -22,6 +23,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from shared import admission, publish
 from shared.leases import Lease
 from shared.naming import job_name
 from shared.rollout import send
@@ -37,7 +39,7 @@ SWEEP_LEASE_S = 600
 @dataclass(frozen=True)
 class Check:
     run_id: str
-    action: str  # requeued | intake | superseded | released | failed
+    action: str  # requeued | intake | superseded | released | admitted | events | failed
     reason: str
 
 
@@ -144,4 +146,13 @@ def reconcile(services: Services) -> list[Check]:
         if released is not None:
             log.warning("reconcile: lease released: %s", released.reason)
             checks.append(released)
+    try:
+        for record in admission.admit(services):
+            checks.append(Check(record.run_id, "admitted", f"a training slot freed; {record.state}"))
+    except Exception as error:  # the next tick admits again
+        log.exception("reconcile: admission failed")
+        checks.append(Check("", "failed", f"admission: {type(error).__name__}: {error}"))
+    for record in publish.overdue(services, settings.reconcile_batch):
+        publish.nudge(services, record.run_id)
+        checks.append(Check(record.run_id, "events", f"{len(record.unsent)} lifecycle events to send"))
     return checks

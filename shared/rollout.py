@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from shared import gate
+from shared import admission, gate
 from shared.blobnames import promotion_report_names
 from shared.events import EventError, ignore_reason, parse
 from shared.leases import Grant, order
@@ -241,10 +241,14 @@ def _run_steps(record: RunRecord, services: Services) -> Result:
         RunState.ROLLING_BACK: _unwind,
     }
     token = record.poll_token
+    training = record.state in TRAINING
     while (step := steps.get(record.state)) is not None:
         before = record.state
         step(record, services)
         record = services.runs.get(record.run_id) or record
+        if training and record.state not in TRAINING:
+            _admit_next(services)
+            training = False
         if record.state is before:  # another worker holds this step; its chain goes on
             break
     if token:  # this message's chain ends here, unless another worker has moved it on
@@ -252,6 +256,14 @@ def _run_steps(record: RunRecord, services: Services) -> Result:
             record.run_id, lambda r: replace(r, poll_token="", poll_due_at="") if r.poll_token == token else None
         )
     return Result("done", record.run_id, str(record.state))
+
+
+def _admit_next(services: Services) -> None:
+    """A training slot has freed: submit the next queued upload (the reconciler does, if this fails)."""
+    try:
+        admission.admit(services)
+    except Exception:
+        log.exception("rollout: admitting the next queued run failed; the reconciler will")
 
 
 def _move(services: Services, record: RunRecord, to: RunState, note: str = "", **changes: Any) -> RunRecord:
@@ -336,6 +348,13 @@ def _start_rollout(record: RunRecord, services: Services) -> None:
         return
     if grant is Grant.WAIT:
         raise _Wait(f"run {lease.holder} to finish its rollout on {endpoint}")
+    if services.settings.max_endpoints is not None:
+        exists = services.platform.get_endpoint(endpoint) is not None
+        limit = admission.endpoint_limit(endpoint, exists, services)
+        if limit is not None:
+            admission.refuse(record, limit, services, before=frozenset({RunState.REGISTERED}))
+            services.leases.release(endpoint, record.run_id)
+            return
     _move(
         services,
         record,
@@ -343,6 +362,8 @@ def _start_rollout(record: RunRecord, services: Services) -> None:
         f"endpoint {endpoint}, deployment {deployment_name(record.run_id)}",
         endpoint=endpoint,
         deployment=deployment_name(record.run_id),
+        instance_type=services.settings.inference_instance_type,
+        instance_count=services.settings.inference_instance_count,
         phase_started_at=now(),
     )
 
@@ -402,8 +423,8 @@ def _deploy(record: RunRecord, services: Services) -> None:
                 endpoint_name=endpoint,
                 name=deployment,
                 model_id=model_id,
-                instance_type=settings.inference_instance_type,
-                instance_count=settings.inference_instance_count,
+                instance_type=record.instance_type or settings.inference_instance_type,
+                instance_count=record.instance_count or settings.inference_instance_count,
                 tags={MANAGED_TAG: MANAGED_VALUE, RUN_TAG: record.run_id},
                 base_model=record.base_model or settings.base_model,
             )

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -26,12 +26,14 @@ log = logging.getLogger(__name__)
 
 PARTITION = "run"
 HISTORY_LIMIT = 40
-_JSON_FIELDS = ("parameters", "gate", "promotion", "metrics", "history", "duplicates")
+_JSON_FIELDS = ("parameters", "inputs", "gate", "promotion", "metrics", "history", "duplicates", "unsent")
 
 
 class RunState(StrEnum):
     RECEIVED = "received"
     INVALID = "invalid"
+    QUEUED = "queued"
+    REFUSED = "refused"
     SUBMITTED = "submitted"
     SUBMIT_FAILED = "submit_failed"
     TRAINING = "training"
@@ -74,13 +76,16 @@ class RunState(StrEnum):
 _S = RunState
 # Every legal change of state; staying in a state (a note in the history) is always legal.
 TRANSITIONS: dict[RunState, frozenset[RunState]] = {
-    _S.RECEIVED: frozenset({_S.INVALID, _S.SUBMITTED, _S.SUBMIT_FAILED, _S.SUPERSEDED}),
-    _S.SUBMIT_FAILED: frozenset({_S.SUBMITTED}),
+    _S.RECEIVED: frozenset({_S.INVALID, _S.QUEUED, _S.REFUSED, _S.SUBMITTED, _S.SUBMIT_FAILED, _S.SUPERSEDED}),
+    _S.QUEUED: frozenset({_S.SUBMITTED, _S.SUBMIT_FAILED, _S.REFUSED, _S.SUPERSEDED}),
+    # A re-upload of the same content resumes a run that never trained, once what stopped it is fixed.
+    _S.SUBMIT_FAILED: frozenset({_S.QUEUED, _S.SUBMITTED, _S.REFUSED}),
+    _S.REFUSED: frozenset({_S.QUEUED, _S.SUBMITTED, _S.SUBMIT_FAILED}),
     _S.INVALID: frozenset(),
     _S.SUBMITTED: frozenset({_S.TRAINING, _S.SUCCEEDED, _S.FAILED, _S.CANCELED, _S.SUPERSEDED}),
     _S.TRAINING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELED, _S.SUPERSEDED}),
     _S.SUCCEEDED: frozenset({_S.REGISTERED, _S.FAILED, _S.SUPERSEDED}),
-    _S.REGISTERED: frozenset({_S.DEPLOYING, _S.FAILED, _S.SUPERSEDED}),
+    _S.REGISTERED: frozenset({_S.DEPLOYING, _S.FAILED, _S.REFUSED, _S.SUPERSEDED}),
     _S.DEPLOYING: frozenset({_S.SMOKE_TESTING, _S.ROLLING_BACK}),
     _S.SMOKE_TESTING: frozenset({_S.GATING, _S.ROLLING_BACK}),
     _S.GATING: frozenset({_S.PROMOTING, _S.ROLLING_BACK}),
@@ -95,12 +100,26 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     _S.RETIRED: frozenset(),
 }
 TERMINAL = frozenset(
-    {_S.INVALID, _S.SUBMIT_FAILED, _S.FAILED, _S.CANCELED, _S.ROLLED_BACK, _S.NOT_PROMOTED, _S.SUPERSEDED, _S.RETIRED}
+    {
+        _S.INVALID,
+        _S.SUBMIT_FAILED,
+        _S.REFUSED,
+        _S.FAILED,
+        _S.CANCELED,
+        _S.ROLLED_BACK,
+        _S.NOT_PROMOTED,
+        _S.SUPERSEDED,
+        _S.RETIRED,
+    }
 )
-FAILURES = frozenset({_S.INVALID, _S.SUBMIT_FAILED, _S.FAILED, _S.CANCELED, _S.ROLLED_BACK, _S.NOT_PROMOTED})
+FAILURES = frozenset(
+    {_S.INVALID, _S.SUBMIT_FAILED, _S.REFUSED, _S.FAILED, _S.CANCELED, _S.ROLLED_BACK, _S.NOT_PROMOTED}
+)
 ROLLOUT = frozenset({_S.DEPLOYING, _S.SMOKE_TESTING, _S.GATING, _S.PROMOTING, _S.ROLLING_BACK})
 # Before training ends: a run superseded here cancels its job.
 TRAINING = frozenset({_S.SUBMITTED, _S.TRAINING})
+# Holding, or about to hold, one of the training slots that admission control counts.
+ADMITTED = frozenset({_S.RECEIVED, _S.QUEUED, *TRAINING})
 
 
 class IllegalTransition(Exception):
@@ -155,12 +174,15 @@ class RunRecord:
     sidecar: str = ""
     sidecar_sha256: str = ""
     source_etag: str = ""
+    uploaded_at: str = ""  # the upload's last-modified time (whole seconds): the order of admission
+    queued_at: str = ""  # when intake queued it (wall clock, microseconds): the order among one second's uploads
     report: str = ""
     train_path: str = ""
     test_path: str = ""
     job_name: str = ""
     base_model: str = ""
-    parameters: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)  # the upload's own pipeline inputs (blob metadata)
+    parameters: dict[str, Any] = field(default_factory=dict)  # every input the submitted job got
     gate: dict[str, str] = field(default_factory=dict)  # the upload's gate overrides (blob metadata)
     promotion: dict[str, Any] = field(default_factory=dict)  # the gate's verdict and headline numbers
     metrics: dict[str, float] = field(default_factory=dict)
@@ -169,6 +191,8 @@ class RunRecord:
     model_id: str = ""  # what a deployment serves: the platform's id of the registered version
     endpoint: str = ""
     deployment: str = ""
+    instance_type: str = ""  # what the deployment runs on, as ftpilot asked for it
+    instance_count: int = 0
     scoring_uri: str = ""  # the endpoint's, once the run is live there
     reason: str = ""
     last_error: str = ""
@@ -185,7 +209,9 @@ class RunRecord:
     sweep_note: str = ""
     probe_requests: int = 0  # answered requests ftpilot sent the endpoint itself (the idle sweep discounts them)
     probed_at: str = ""
+    idle_notice_at: str = ""  # when the idle sweep announced this run's endpoint's deletion ('' : not announced)
     duplicates: list[str] = field(default_factory=list)
+    unsent: list[dict[str, Any]] = field(default_factory=list)  # lifecycle events not yet taken by every sink
     created_at: str = field(default_factory=now)
     updated_at: str = field(default_factory=now)
     history: list[dict[str, str]] = field(default_factory=list)
@@ -210,6 +236,11 @@ class RunRecord:
         }
         return replace(self, state=state, updated_at=stamp, history=history, **{**cleared, **changes})
 
+    def noted(self, note: str) -> RunRecord:
+        """A copy with ``note`` in its history, and nothing else changed (not even what ``moved`` clears)."""
+        entry = {"at": now(), "state": str(self.state), "note": note}
+        return replace(self, history=[*self.history, entry][-HISTORY_LIMIT:])
+
     def to_entity(self) -> dict[str, Any]:
         data = asdict(self)
         entity: dict[str, Any] = {"PartitionKey": PARTITION, "RowKey": data.pop("run_id")}
@@ -225,22 +256,46 @@ class RunRecord:
             if key in known and key != "run_id":
                 values[key] = json.loads(value) if key in _JSON_FIELDS else value
         values["state"] = RunState(values.get("state", RunState.RECEIVED))
-        for counter in ("transient_errors", "poisoned", "probe_requests"):
+        for counter in ("transient_errors", "poisoned", "probe_requests", "instance_count"):
             values[counter] = int(values.get(counter) or 0)
         return cls(**values)
 
 
-class RunStore:
-    """Read and change run records with optimistic concurrency."""
+class Announcer(Protocol):
+    """Who hears of every change a ``RunStore`` writes (``shared.lifecycle.Lifecycle``)."""
 
-    def __init__(self, table: TableClient, attempts: int = 8) -> None:
+    def announce(self, before: RunRecord | None, after: RunRecord) -> RunRecord:
+        """``after`` with the events of the change from ``before`` (None: a new record) added to its unsent ones."""
+
+    def announced(self, record: RunRecord) -> None:
+        """Called once ``record``, carrying events it did not have before, is stored."""
+
+
+class RunStore:
+    """Read and change run records with optimistic concurrency.
+
+    With an ``announcer``, the events a change of state makes are written in the same entity
+    write as the change itself (the record's ``unsent`` list, a transactional outbox), so there is no moment at which
+    a run has moved and its event is lost, or an event was sent for a change never stored.
+    """
+
+    def __init__(self, table: TableClient, attempts: int = 8, announcer: Announcer | None = None) -> None:
         self._table = table
         self._attempts = attempts
+        self._announcer = announcer
+
+    def _announce(self, before: RunRecord | None, after: RunRecord) -> RunRecord:
+        return after if self._announcer is None else self._announcer.announce(before, after)
+
+    def _announced(self, before: RunRecord | None, after: RunRecord) -> None:
+        if self._announcer is not None and len(after.unsent) > len(before.unsent if before else []):
+            self._announcer.announced(after)
 
     def claim(self, record: RunRecord) -> tuple[RunRecord, bool]:
         """Create ``record`` unless its run exists; return the stored record and whether it is new."""
         from azure.core.exceptions import ResourceExistsError
 
+        record = self._announce(None, record)
         try:
             self._table.create_entity(record.to_entity())
         except ResourceExistsError:
@@ -248,6 +303,7 @@ class RunStore:
             if existing is None:  # deleted between the two calls: try again
                 return self.claim(record)
             return existing, False
+        self._announced(None, record)
         return record, True
 
     def get(self, run_id: str) -> RunRecord | None:
@@ -284,6 +340,7 @@ class RunStore:
             except IllegalTransition as error:
                 log.error("run %s: refused to write %s", run_id, error)
                 return current
+            updated = self._announce(current, updated)
             try:
                 self._table.update_entity(
                     updated.to_entity(),
@@ -294,6 +351,7 @@ class RunStore:
             except ResourceModifiedError:
                 log.info("run %s changed under us; re-reading", run_id)
                 continue
+            self._announced(current, updated)
             return updated
         raise RuntimeError(f"run {run_id!r}: gave up after {self._attempts} concurrent updates")
 
@@ -308,8 +366,18 @@ class RunStore:
         )
         return [RunRecord.from_entity(entity) for entity in entities]
 
+    def with_unsent(self) -> Iterable[RunRecord]:
+        """Runs with unsent events (records written before lifecycle events existed have none)."""
+        for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}' and unsent ne '[]'"):
+            yield RunRecord.from_entity(entity)
+
     def unsettled(self) -> Iterable[RunRecord]:
-        """Runs neither terminal nor live, streamed page by page (the table filters them)."""
-        clauses = " and ".join(f"state ne '{state}'" for state in sorted({*TERMINAL, RunState.LIVE}))
+        """Runs neither terminal, live nor queued, streamed page by page (the table filters them).
+
+        Queued runs wait for admission (``shared.admission``), which finds them itself: a burst of
+        a thousand uploads must not make every reconciler tick read a thousand records.
+        """
+        skipped = {*TERMINAL, RunState.LIVE, RunState.QUEUED}
+        clauses = " and ".join(f"state ne '{state}'" for state in sorted(skipped))
         for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}' and {clauses}"):
             yield RunRecord.from_entity(entity)

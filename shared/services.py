@@ -14,6 +14,7 @@ from shared.config import Settings, get_settings
 from shared.leases import Leases
 from shared.platform.port import MLPlatform
 from shared.runs import RunStore
+from shared.sinks import Sink, configured
 from shared.storage import Storage
 
 
@@ -35,8 +36,18 @@ class Services:
     _platform: MLPlatform | None = None
 
     @cached_property
+    def sinks(self) -> list[Sink]:
+        """Where lifecycle events go (``shared.sinks``); none configured, none are made."""
+        return configured(self.settings)
+
+    @cached_property
     def runs(self) -> RunStore:
-        return RunStore(self.storage.table)
+        if not self.sinks:
+            return RunStore(self.storage.table)
+        from shared.lifecycle import Lifecycle
+        from shared.publish import nudge
+
+        return RunStore(self.storage.table, announcer=Lifecycle(lambda run_id: nudge(self, run_id)))
 
     @cached_property
     def leases(self) -> Leases:

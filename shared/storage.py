@@ -21,7 +21,7 @@ BLOCK_SIZE = 4 * 1024 * 1024
 
 
 class Storage:
-    """The account ftpilot works in: intake container, run table and rollout queue."""
+    """The account ftpilot works in: intake container, run table, rollout and events queues."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -49,6 +49,11 @@ class Storage:
     def poison_queue(self) -> QueueClient:
         """Where the Functions host moves a rollout message after its last failed attempt."""
         return self._queue(f"{self.settings.rollout_queue}-poison")
+
+    @cached_property
+    def events_queue(self) -> QueueClient:
+        """Wakes the sender of a run's lifecycle events (``shared.publish``)."""
+        return self._queue(self.settings.events_queue)
 
     def _queue(self, name: str) -> QueueClient:
         from azure.storage.queue import BinaryBase64DecodePolicy, BinaryBase64EncodePolicy, QueueClient
@@ -86,6 +91,7 @@ class Storage:
             self.table.create_table,
             self.queue.create_queue,
             self.poison_queue.create_queue,
+            self.events_queue.create_queue,
         ):
             with suppress(ResourceExistsError):
                 create()

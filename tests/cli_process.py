@@ -13,8 +13,16 @@ from tests.paths import REPO
 if TYPE_CHECKING:
     from shared.config import Settings
 
-# The settings the tests' own storage names live in; everything else keeps its default.
-TEST_SETTINGS = ("storage", "intake_container", "runs_table", "rollout_queue", "data_dir")
+# The settings the tests' own storage names live in (and the one-sweep idle deletion); the rest keep defaults.
+TEST_SETTINGS = (
+    "storage",
+    "intake_container",
+    "runs_table",
+    "rollout_queue",
+    "events_queue",
+    "data_dir",
+    "idle_notice_s",
+)
 
 
 def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

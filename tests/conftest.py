@@ -31,10 +31,12 @@ def settings(azurite: azurite_mod.Azurite, tmp_path) -> Settings:
         intake_container=f"datasets-{suffix}",
         runs_table=f"runs{suffix}",
         rollout_queue=f"rollout-{suffix}",
+        events_queue=f"events-{suffix}",
         data_dir=tmp_path / "ftpilot",
         min_examples_warning=10,
         poll_interval_s=0,
         retry_base_s=0,
+        idle_notice_s=0,  # one sweep deletes an idle endpoint; tests/test_idle_notice.py covers the notice
     )
 
 

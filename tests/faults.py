@@ -111,6 +111,27 @@ class FaultyPlatform:
         return call
 
 
+class FaultySink:
+    """A lifecycle-event sink that may refuse a batch, take it and fail to say so, or kill the sender."""
+
+    def __init__(self, inner: Any, faults: Faults) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.faults = faults
+
+    def send(self, events: list[dict[str, Any]]) -> None:
+        from shared.sinks import SinkError
+
+        kind = self.faults.draw(f"sink.{self.name}")
+        if kind == "before":
+            raise SinkError(f"injected: the {self.name} sink answered 503")
+        self.inner.send(events)
+        if kind == "after":
+            raise SinkError(f"injected: the {self.name} sink timed out after taking the events")
+        if kind == "kill":
+            raise WorkerKilled(f"after sending to {self.name}")
+
+
 class FaultyTable:
     """A real TableClient whose reads may fail and whose writes may be followed by a kill."""
 
@@ -207,6 +228,10 @@ class SimStorage(Storage):
     @cached_property
     def poison_queue(self) -> SimQueue:  # type: ignore[override]
         return SimQueue(f"{self.settings.rollout_queue}-poison", self.world)
+
+    @cached_property
+    def events_queue(self) -> SimQueue:  # type: ignore[override]
+        return SimQueue(self.settings.events_queue, self.world)
 
 
 @dataclass

@@ -31,21 +31,24 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from functions.cleanup import cleanup
+from functions.events import lifecycle_events
 from functions.intake import intake
 from functions.reconcile import reconcile
 from functions.rollout import rollout, rollout_poison, run_events
 from shared import azurite as azurite_mod
 from shared.config import Settings
 from shared.leases import order
+from shared.lifecycle import TRANSITION_EVENTS
 from shared.naming import RUN_TAG, endpoint_name
 from shared.platform.port import JobStatus
-from shared.runs import TRANSITIONS, RunState, use_clock
+from shared.runs import HISTORY_LIMIT, TRANSITIONS, RunState, use_clock
 from shared.services import Services, use_services
+from shared.sinks import EventLog, read_log
 from shared.status import rows
 from tests.data import dataset
 from tests.events import delivered, run_event
 from tests.fakes.platform import FakePlatform
-from tests.faults import Delivery, Faults, FaultyPlatform, SimStorage, World
+from tests.faults import Delivery, Faults, FaultyPlatform, FaultySink, SimStorage, World
 
 DATASETS = ("incoming/alpha.jsonl", "incoming/beta.jsonl", "incoming/gamma.jsonl")
 FAULT_ROUNDS = 45
@@ -86,6 +89,7 @@ class Scenario:
             intake_container=f"data-{suffix}",
             runs_table=f"runs{suffix}",
             rollout_queue=f"rollout-{suffix}",
+            events_queue=f"events-{suffix}",
             data_dir=tmp_path / "ftpilot",
             min_examples_warning=10,
             poll_interval_s=60,
@@ -99,6 +103,8 @@ class Scenario:
             reconcile_intake_s=600,
             cleanup_concurrency=1,
             reconcile_concurrency=1,
+            events_retry_base_s=30,
+            events_retry_cap_s=300,
         )
         self.fake = FakePlatform()
         storage = SimStorage(self.settings, self.world)
@@ -106,6 +112,8 @@ class Scenario:
         storage.ensure()
         self.faults.on = True
         self.services = Services(self.settings, storage, FaultyPlatform(self.fake, self.faults))
+        # Lifecycle events go to the local event log, through a sink that fails as webhooks do.
+        self.services.sinks = [FaultySink(EventLog(self.settings.data_dir), self.faults)]
         self.blobs: list[Delivery] = []
         self.events: list[Delivery] = []
         self.event_ids = 0
@@ -139,6 +147,7 @@ class Scenario:
         storage = self.services.storage
         world.deliver_queue(storage.queue, rollout, storage.poison_queue)
         world.deliver_queue(storage.poison_queue, rollout_poison, None)
+        world.deliver_queue(storage.events_queue, lifecycle_events, None)
         if world.clock % 3 == 0:
             world.run(lambda: cleanup(TimerRequest(past_due=False)), "cleanup")
         if world.clock % 2 == 0:
@@ -171,7 +180,7 @@ class Scenario:
         storage = self.services.storage
         if self.blobs or self.events or len(storage.queue) or len(storage.poison_queue):
             return False
-        return all(r.state.settled for r in self.services.runs.all())
+        return all(r.state.settled and not r.unsent for r in self.services.runs.all())
 
     def play(self) -> None:
         use_services(self.services)
@@ -243,9 +252,29 @@ def check(scenario: Scenario) -> Counter[str]:
         assert record.state is not RunState.SUBMIT_FAILED, f"{record.run_id}: {record.reason}"
     for row in rows(runs):
         assert "Traceback" not in row.reason
+
+    # Every change of state that makes an event reached the sink: at least once, exactly once by id.
+    logged, _ = read_log(scenario.settings.data_dir)
+    ids = Counter(event["id"] for event in logged)
+    for record in runs:
+        expected, seen, previous = set(), Counter(), None
+        for entry in record.history:
+            state = RunState(entry["state"])
+            if state is not previous and state in TRANSITION_EVENTS:
+                seen[state] += 1
+                expected.add(f"{record.run_id}.{state}" + (f".{seen[state]}" if seen[state] > 1 else ""))
+            previous = state
+        mine = {i for i in ids if i.startswith(f"{record.run_id}.")}
+        notices = {i for i in mine if ".idle_deletion_scheduled." in i or ".idle_deleted." in i}
+        assert expected <= mine, f"{record.run_id}: events never sent: {sorted(expected - mine)}"
+        if len(record.history) < HISTORY_LIMIT:  # a full history may have lost its first changes
+            unmade = sorted(mine - notices - expected)
+            assert not unmade, f"{record.run_id}: events for changes not made: {unmade}"
     assert all(by_id[r.run_id].state is r.state for r in runs)
 
     counts = Counter(f"run {r.state}" for r in runs)
+    counts["events sent"] = len(ids)
+    counts["events sent again"] = sum(ids.values()) - len(ids)
     counts.update(scenario.faults.injected)
     counts.update(scenario.world.outcomes)
     return counts
@@ -273,5 +302,6 @@ def test_runs_converge_under_compound_faults(seed: int, own_azurite, tmp_path, c
         print(
             f"\nseed {seed}: rounds {scenario.world.clock}; runs: {states}; faults injected: "
             f"{dict(kinds)}; events lost {counts['event lost']}; to poison "
-            f"{sum(v for k, v in counts.items() if k.endswith('to poison'))}"
+            f"{sum(v for k, v in counts.items() if k.endswith('to poison'))}; lifecycle events "
+            f"{counts['events sent']} ({counts['events sent again']} sent again)"
         )

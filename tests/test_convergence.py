@@ -94,7 +94,8 @@ def test_duplicate_upload_whose_submit_fails_leaves_the_submitted_run_alone(
     for thread in threads:
         thread.join()
 
-    assert sorted(outcomes) in (["already", "submitted"], ["raised", "submitted"])
+    # The duplicate upload either found the run submitted, or saw it submitted by the other's admission.
+    assert sorted(outcomes) in (["already", "submitted"], ["raised", "submitted"], ["submitted", "submitted"])
     (record,) = services.runs.all()
     assert record.state is RunState.SUBMITTED and record.job_name
     fake_platform.submit_finetune = real
@@ -456,14 +457,15 @@ def test_a_job_past_the_training_deadline_is_canceled(services: Services, fake_p
 
 
 def test_one_reconciler_tick_is_bounded(services: Services, fake_platform, clock) -> None:
-    bounded = Services(services.settings.model_copy(update={"reconcile_batch": 2}), services.storage, fake_platform)
+    changes = {"reconcile_batch": 2, "max_training_runs": 5}
+    bounded = Services(services.settings.model_copy(update=changes), services.storage, fake_platform)
     use_services(bounded)
     for start in range(0, 500, 100):
         submit(bounded, name=f"incoming/set{start}.jsonl", start=start)
     clock[0] += timedelta(seconds=bounded.settings.reconcile_training_s + 1)
     from shared.reconcile import reconcile as tick
 
-    assert [c.action for c in tick(bounded)] == ["requeued", "requeued"]
+    assert [c.action for c in tick(bounded) if c.action != "events"] == ["requeued", "requeued"]
 
 
 def test_the_reconciler_releases_a_lease_whose_holder_ended(services: Services, fake_platform) -> None:
@@ -474,7 +476,7 @@ def test_the_reconciler_releases_a_lease_whose_holder_ended(services: Services, 
     live = services.runs.get(record.run_id)
     leases = Leases(services.storage.table)
     leases._change(live.endpoint, lambda lease: type(lease)(lease.endpoint, holder=live.run_id))  # a kill left it
-    assert [c.action for c in tick(services)] == ["released"]
+    assert [c.action for c in tick(services) if c.action != "events"] == ["released"]
     assert leases.get(live.endpoint).holder == "" and leases.get(live.endpoint).champion == live.run_id
 
 

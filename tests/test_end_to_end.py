@@ -27,6 +27,8 @@ from shared.host.runner import LocalHost
 from shared.runs import RunRecord, RunState
 from shared.status import StatusRow
 from tests.data import dataset
+from tests.test_lifecycle import SECRET as WEBHOOK_SECRET
+from tests.test_lifecycle import Receiver, by_id, serve, webhook_handler
 
 pytestmark = [
     pytest.mark.slow,
@@ -39,6 +41,7 @@ LIVE_TIMEOUT_S = 480
 FAILED = {RunState.INVALID, RunState.SUBMIT_FAILED, RunState.FAILED, RunState.CANCELED, RunState.ROLLED_BACK}
 HAPPY_PATH = [
     RunState.RECEIVED,
+    RunState.QUEUED,
     RunState.SUBMITTED,
     RunState.TRAINING,
     RunState.SUCCEEDED,
@@ -93,6 +96,15 @@ def wait_for_state(host: LocalHost, done: Callable[[RunRecord], bool], timeout_s
     pytest.fail(f"no run reached the expected state within {timeout_s} s: {[(r.run_id, r.state) for r in records]}")
 
 
+def wait_until(done: Callable[[], bool], timeout_s: float = 30) -> None:
+    """The host prints and sends from its own thread: give it a moment."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail("timed out waiting for the host")
+        time.sleep(0.25)
+
+
 def upload(host: LocalHost, name: str, content: bytes) -> None:
     settings = host.settings
     host.services.storage.blob(f"{settings.intake_prefix}{name}").upload_blob(content, overwrite=True)
@@ -100,8 +112,15 @@ def upload(host: LocalHost, name: str, content: bytes) -> None:
 
 def test_upload_to_live_endpoint_to_idle_sweep(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    settings = local_settings(settings, idle_window_s=15)
-    with running(settings) as (host, printed):
+    with (
+        serve(webhook_handler, Receiver(fail_first=1)) as receiver,
+        running(
+            local_settings(
+                settings, idle_window_s=15, idle_notice_s=5, webhook_url=receiver.url, webhook_secret=WEBHOOK_SECRET
+            )
+        ) as (host, printed),
+    ):
+        settings = host.settings
         upload(host, "support-chat.jsonl", dataset(60))
         live = wait_for_state(host, lambda r: r.state is RunState.LIVE, LIVE_TIMEOUT_S)
 
@@ -136,7 +155,7 @@ def test_upload_to_live_endpoint_to_idle_sweep(settings: Settings, caplog: pytes
         answer = httpx.post(endpoint.scoring_uri, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60)
         assert answer.status_code == 200
         assert isinstance(answer.json()["output"], str)
-        assert any(endpoint.scoring_uri in line for line in printed)  # the host showed where to call it
+        wait_until(lambda: any(endpoint.scoring_uri in line for line in printed))  # the host showed where to call it
         # ... and how: the printed curl and openai commands work as printed, reading the key from its file.
         for label in ("curl:", "openai:"):
             (command,) = [line.split(label, 1)[1].strip() for line in printed if line.strip().startswith(label)]
@@ -157,11 +176,29 @@ def test_upload_to_live_endpoint_to_idle_sweep(settings: Settings, caplog: pytes
         assert not any(key in line for line in printed)
 
         # Nobody calls it for the idle window: the sweep deletes it and says so on the record.
+        # Nobody calls it for the idle window: the sweep announces the deletion, then makes it and says so.
         retired = wait_for_state(host, lambda r: r.state is RunState.RETIRED, settings.idle_window_s + 120)
-        assert retired.history[-1]["note"] == f"endpoint {live.endpoint} deleted: no requests in the last 15 s"
+        price = settings.instance_prices[settings.inference_instance_type] * 24
+        assert retired.history[-1]["note"] == (
+            f"endpoint {live.endpoint} deleted: no requests in the last 15 s; saves ${price:,.2f} a day"
+        )
         assert platform.get_endpoint(live.endpoint) is None
         with pytest.raises(httpx.TransportError):
             httpx.post(endpoint.scoring_uri, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=5)
+
+        # Every event of the run reached the signed webhook (its first request failed), once each after
+        # deduplication, and the host printed them from the local event log; none carries the key.
+        wanted = {"submitted", "live", "idle_deletion_scheduled", "idle_deleted"}
+        wait_until(
+            lambda: {e["type"].removeprefix("ftpilot.run.") for e in by_id(receiver.requests).values()} >= wanted
+        )
+        assert receiver.refused == []
+        received = by_id(receiver.requests)
+        assert {e["data"]["run_id"] for e in received.values()} == {live.run_id}
+        assert sorted(e["type"].removeprefix("ftpilot.run.") for e in received.values()) == sorted(wanted)
+        assert not any(key in orjson.dumps(request["event"]).decode() for request in receiver.requests)
+        wait_until(lambda: sum("event ftpilot.run." in line for line in printed) >= len(wanted))
+        assert any(f"event ftpilot.run.live run {live.run_id[:8]}" in line for line in printed)
 
 
 def test_a_host_restarted_mid_rollout_takes_the_run_to_live(settings: Settings) -> None:

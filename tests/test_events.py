@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from functions.rollout import event_payload, run_events
-from shared.events import EventError, ignore_reason, parse, workspace_topic
+from shared.events import RUN_COMPLETED, RUN_STATUS_CHANGED, EventError, ignore_reason, parse, workspace_topic
 from shared.services import Services
 from tests.events import delivered, run_event, sample
 from tests.paths import EVENTS
@@ -72,7 +72,15 @@ def test_topic_comparison_ignores_case() -> None:
     assert ignore_reason(parse(sample("eventgrid.RunCompleted.json")), TOPIC.upper()) == ""
 
 
-@pytest.mark.parametrize("raw", [[], {"id": "x"}, {"id": "x", "topic": "t", "eventType": "e", "data": "str"}])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [],
+        {"id": "x"},
+        {"id": "x", "topic": "t", "eventType": "e", "data": "str"},
+        {"specversion": "1.0", "id": "x", "type": "t"},  # a CloudEvent without its source
+    ],
+)
 def test_broken_events_raise_a_clear_error(raw) -> None:
     with pytest.raises(EventError):
         parse(raw)
@@ -101,7 +109,15 @@ def test_function_drops_foreign_and_unknown_jobs(services: Services) -> None:
 
 
 def test_event_grid_bindings(app_functions: dict) -> None:
-    assert set(app_functions) == {"intake", "run_events", "rollout", "rollout_poison", "cleanup", "reconcile"}
+    assert set(app_functions) == {
+        "intake",
+        "run_events",
+        "rollout",
+        "rollout_poison",
+        "lifecycle_events",
+        "cleanup",
+        "reconcile",
+    }
     functions = {name: f.get_bindings_dict()["bindings"][0] for name, f in app_functions.items()}
     assert functions["run_events"]["type"] == "eventGridTrigger"
     rollout = functions["rollout"]
@@ -111,3 +127,16 @@ def test_event_grid_bindings(app_functions: dict) -> None:
         "FTPILOT_STORAGE",
     )
     assert functions["rollout_poison"]["queueName"] == "%FTPILOT_ROLLOUT_QUEUE%-poison"
+    events = functions["lifecycle_events"]
+    assert (events["type"], events["queueName"], events["connection"]) == (
+        "queueTrigger",
+        "%FTPILOT_EVENTS_QUEUE%",
+        "FTPILOT_STORAGE",
+    )
+
+
+def test_run_event_types_are_the_sdks_system_event_names() -> None:
+    from azure.eventgrid import SystemEventNames
+
+    assert SystemEventNames.MachineLearningServicesRunCompletedEventName == RUN_COMPLETED
+    assert SystemEventNames.MachineLearningServicesRunStatusChangedEventName == RUN_STATUS_CHANGED

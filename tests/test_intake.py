@@ -44,7 +44,7 @@ def test_valid_upload_is_reported_split_and_submitted(services: Services, fake_p
     (record,) = records(services).values()
     assert record.state is RunState.SUBMITTED
     assert record.job_name == f"ftpilot-{record.run_id}"
-    assert [h["state"] for h in record.history] == ["received", "received", "submitted"]
+    assert [h["state"] for h in record.history] == ["received", "received", "queued", "submitted"]
 
     request = fake_platform.requests[record.job_name]
     assert request.train.path == f"prepared/{record.run_id}/train.jsonl"

@@ -3,8 +3,9 @@
 Azurite stands in for the storage account and the local workspace for Azure ML. Each pass
 delivers what is pending: new blobs in the intake container to the blob function, run
 events from the workspace's outbox to the Event Grid function, queue messages to the
-rollout workers, and the idle sweep when its schedule says so. What happens is printed as
-it happens, from the run records: the same records ``status`` shows.
+rollout workers and the lifecycle-event sender, and the idle sweep when its schedule says
+so. What happens is printed as it happens, from the run records (the same records
+``status`` shows) and from the local event log (the events a webhook receives).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from shared.platform.local.keys import key_path
 from shared.platform.local.layout import Layout
 from shared.runs import FAILURES, RunRecord, RunState
 from shared.services import Services, use_services
+from shared.sinks import read_log
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,33 @@ class RunPrinter:
             self._seen[record.run_id] = len(record.history)
 
 
+@dataclass
+class EventPrinter:
+    """Print each lifecycle event as the local event log receives it, once per event id."""
+
+    data_dir: Path
+    out: Callable[[str], None] = print
+    _offset: int = 0
+    _seen: set[str] = field(default_factory=set)
+
+    def skip(self) -> None:
+        """Treat what the log already holds as shown: a restarted host prints only new events."""
+        events, self._offset = read_log(self.data_dir, self._offset)
+        self._seen.update(event["id"] for event in events)
+
+    def update(self) -> None:
+        events, self._offset = read_log(self.data_dir, self._offset)
+        for event in events:
+            if event["id"] in self._seen:  # sent again after a lost write-back: shown already
+                continue
+            self._seen.add(event["id"])
+            data = event.get("data", {})
+            self.out(
+                f"[{str(event.get('time', ''))[11:19]}] event {event['type']} "
+                f"run {str(data.get('run_id', ''))[:8]} {data.get('dataset', '')} (id {event['id']})"
+            )
+
+
 def ensure_azurite(settings: Settings) -> azurite.Azurite | None:
     """Start Azurite (data under ``data_dir``) when the storage setting points at loopback and nothing listens.
 
@@ -106,6 +135,7 @@ class LocalHost:
         self.settings = settings
         self.out = out
         self.printer = RunPrinter(out)
+        self.events = EventPrinter(Path(settings.data_dir), out)
         self.stopping = threading.Event()
         self._azurite: azurite.Azurite | None = None
         self.services: Services | None = None
@@ -130,6 +160,7 @@ class LocalHost:
         self._reconcile = Schedule(settings.reconcile_schedule)
         earlier = list(self.services.runs.all())
         self.printer.skip(earlier)
+        self.events.skip()
         if earlier:
             self.out(f"{len(earlier)} earlier run(s) on record: python -m shared.cli status")
         self.out(
@@ -141,6 +172,7 @@ class LocalHost:
     def step(self) -> None:
         """Deliver everything pending once."""
         from functions.cleanup import cleanup
+        from functions.events import lifecycle_events
         from functions.intake import intake
         from functions.reconcile import reconcile
         from functions.rollout import rollout, rollout_poison, run_events
@@ -156,11 +188,13 @@ class LocalHost:
             delivery.ack()
         deliver(services.storage.queue, rollout, poison=services.storage.poison_queue, visibility_timeout=60)
         deliver(services.storage.poison_queue, rollout_poison, visibility_timeout=60)
+        deliver(services.storage.events_queue, lifecycle_events, visibility_timeout=60)
         if self._schedule.due():
             cleanup(timer())
         if self._reconcile.due():
             reconcile(timer())
         self.printer.update(list(services.runs.all()), self._key_file)
+        self.events.update()
 
     def _key_file(self, endpoint: str) -> Path:
         return key_path(Layout(Path(self.settings.data_dir).resolve()).keys, endpoint)
