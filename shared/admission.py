@@ -2,9 +2,11 @@
 
 Three limits, each checked before the money is spent:
 
-* **Training runs at once** (``max_training_runs``). A validated, split upload is ``queued``;
-  ``admit`` gives the free training slots (``shared.slots``) to the queued runs in upload order
-  (the blob's last-modified time) and submits them. It runs after intake queues a run, when a
+* **Training runs at once** (``max_training_runs``). A validated, split upload is ``queued``,
+  with a row in the queue index (its own partition of the run table, keyed so that the table
+  returns the rows in upload order: the blob's last-modified time, then when intake queued it);
+  ``admit`` gives the free training slots (``shared.slots``) to the runs at the head of the
+  index and submits them. It runs after intake queues a run, when a
   run's training ends, and on every reconciler tick, so a slot that frees is taken within a
   tick even if every other trigger was lost. A run that holds a slot and is still queued (a
   worker died between the two) is submitted by the next ``admit``: job names are derived from
@@ -26,7 +28,7 @@ from shared.blobnames import dataset_label
 from shared.lifecycle import event, with_event
 from shared.naming import DATASET_TAG, RUN_TAG, SHA256_TAG, job_name
 from shared.platform.port import DataRef, FineTuneRequest, PlatformConfigError
-from shared.runs import ADMITTED, RunRecord, RunState, now
+from shared.runs import ADMITTED, RunRecord, RunState, age_s, now
 from shared.services import Services
 from shared.slots import Slots
 
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 
 TRAINING_SLOTS = "training"
 ENDPOINT_SLOTS = "endpoints"
+QUEUE = "queue"  # the run table's partition of the queue index: one row per queued run, in upload order
+# A queued run that got its slot this long ago and is still queued is submitted by the next admission.
+SUBMIT_GRACE_S = 120
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,12 @@ class Limit:
         return {"setting": self.setting, "maximum": self.maximum, "value": self.value}
 
 
-def upload_order(record: RunRecord) -> tuple[str, str, str]:
-    """Earlier uploads first: the blob's last-modified time (whole seconds), then when intake queued it."""
-    return (record.uploaded_at or record.created_at, record.queued_at, record.run_id)
+def upload_order(record: RunRecord) -> str:
+    """Earlier uploads sort first: the blob's last-modified time (whole seconds), then when intake queued it.
+
+    Also the run's row key in the queue index, so the table returns the index in this order.
+    """
+    return f"{record.uploaded_at or record.created_at}|{record.queued_at}|{record.run_id}"
 
 
 def token_limit(billed_tokens: int, services: Services) -> Limit | None:
@@ -85,16 +93,61 @@ def _training(services: Services) -> Slots:
     return Slots(services.storage.table, TRAINING_SLOTS)
 
 
+def enqueue(record: RunRecord, services: Services) -> None:
+    """Put the run in the queue index; written before the run moves to ``queued``, so no queued run lacks one."""
+    row = {"PartitionKey": QUEUE, "RowKey": upload_order(record), "run_id": record.run_id}
+    services.storage.table.upsert_entity(row)
+
+
+def _dequeue(services: Services, key: str) -> None:
+    try:
+        services.storage.table.delete_entity(QUEUE, key)
+    except Exception as error:  # a leftover row is skipped and deleted by a later admission
+        log.info("admission: queue row %s left for later: %s", key, error)
+
+
+def _head(
+    services: Services, wanted: int, holders: set[str], granted: set[str]
+) -> tuple[list[RunRecord], list[RunRecord]]:
+    """From the head of the queue index: up to ``wanted`` queued runs without a slot, and the stuck ones with one.
+
+    ``holders``: the slot holders given their slot over ``SUBMIT_GRACE_S`` ago, so that a
+    queued one is stuck (its submit failed or its worker died), not being submitted right now
+    by another worker. Rows whose run has moved on are deleted on the way; a row whose run is
+    still ``received`` (intake died between the row and the move) is passed over and kept.
+    """
+    new: list[RunRecord] = []
+    held: list[RunRecord] = []
+    rows = services.storage.table.query_entities(f"PartitionKey eq '{QUEUE}'", results_per_page=max(8, 2 * wanted))
+    for row in rows:
+        record = services.runs.get(row["run_id"])
+        if record is None or record.state not in (RunState.QUEUED, RunState.RECEIVED):
+            _dequeue(services, row["RowKey"])
+            continue
+        if record.state is not RunState.QUEUED or any(r.run_id == record.run_id for r in (*new, *held)):
+            continue
+        if record.run_id in holders:
+            held.append(record)
+        elif record.run_id not in granted:
+            new.append(record)
+        if len(new) >= wanted:
+            break
+    return new, held
+
+
 def admit(services: Services, *, raise_for: str = "") -> list[RunRecord]:
     """Give free training slots to the queued runs, oldest upload first, and submit them.
 
-    Returns the runs submitted (or failed to submit) by this call. While every slot is held
-    it costs one read per holder and never scans the queue, so a burst of uploads, each of
-    which calls it, stays cheap. A transient submit error leaves its run queued, holding its
-    slot, for the next ``admit``; for ``raise_for`` (the upload intake is handling) it is
-    raised too, so the trigger is retried at once.
+    Returns the runs submitted (or failed to submit) by this call. With room in the slots it
+    reads the slot record and only the head of the queue index (as many queued runs as there
+    is room for); with none, one record per holder to free the slots of runs that ended. So
+    a burst of uploads, each of which calls it, stays cheap however many wait or have run. A
+    transient submit error leaves its run queued, holding its slot, for the next ``admit``;
+    for ``raise_for`` (the upload intake is handling) it is raised too, so the trigger is
+    retried at once.
     """
     limit = services.settings.max_training_runs
+    slots = _training(services)
     seen: dict[str, RunRecord] = {}
 
     def holds(run_id: str) -> bool:
@@ -103,17 +156,21 @@ def admit(services: Services, *, raise_for: str = "") -> list[RunRecord]:
             seen[run_id] = record
         return record is not None and record.state in ADMITTED
 
-    slots = _training(services)
-    holders = slots.take([], limit, holds)  # let go of the runs that ended
-    if len(holders) < limit:
-        queued = sorted(services.runs.where("state", str(RunState.QUEUED)), key=upload_order)
-        holders = slots.take([r.run_id for r in queued], limit, holds)
-        seen.update((r.run_id, r) for r in queued if r.run_id not in seen)
-    pending = sorted((seen[h] for h in holders if h in seen and seen[h].state is RunState.QUEUED), key=upload_order)
+    holders, granted = slots.granted()
+    if len(holders) >= limit:
+        holders = slots.prune(holds)
+    overdue = {h for h in holders if age_s(granted.get(h, "")) > SUBMIT_GRACE_S}
+    room = limit - len(holders)
+    new, held = _head(services, room, overdue, set(holders)) if room > 0 else ([], [])
+    given: list[str] = []
+    if new:  # the runs this call gives a slot are this call's to submit; others' are theirs
+        holders, given = slots.take([r.run_id for r in new], limit, holds)
+    stuck = [seen[h] for h in overdue & set(holders) if h in seen and seen[h].state is RunState.QUEUED]
+    pending = {r.run_id: r for r in (*held, *stuck, *(r for r in new if r.run_id in given))}
     done = []
-    for record in pending:
+    for record in sorted(pending.values(), key=upload_order):
         try:
-            done.append(submit(record, services))
+            submitted = submit(record, services)
         except Exception as error:
             reason = f"{type(error).__name__}: {error}"[:2000]
             note = f"submit failed, retried: {reason}"
@@ -124,6 +181,10 @@ def admit(services: Services, *, raise_for: str = "") -> list[RunRecord]:
             log.warning("admission: run %s stays queued: %s", record.run_id, reason)
             if record.run_id == raise_for:
                 raise
+            continue
+        done.append(submitted)
+        if submitted.state is not RunState.QUEUED:
+            _dequeue(services, upload_order(record))
     return done
 
 
@@ -179,7 +240,7 @@ def endpoint_limit(endpoint: str, exists: bool, services: Services) -> Limit | N
             return True
         return any(r.state.rolling_out or r.state is RunState.LIVE for r in services.runs.where("endpoint", name))
 
-    holders = Slots(services.storage.table, ENDPOINT_SLOTS).take([endpoint], maximum, holds)
+    holders, _ = Slots(services.storage.table, ENDPOINT_SLOTS).take([endpoint], maximum, holds)
     if endpoint in holders or exists:
         return None
     setting = "FTPILOT_MAX_ENDPOINTS"

@@ -10,7 +10,7 @@ The uploaded blob is only ever read (pinned to the ETag seen first), never chang
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -214,6 +214,10 @@ def _submit(
         return Outcome(upload.name, "refused", run_id, reason=limit.reason)
     _prepare(record, main, sidecar, services)
 
+    # The wall clock, not the run clock: an order among one second's uploads, not a deadline.
+    place = {"uploaded_at": main.uploaded_at, "queued_at": datetime.now(UTC).isoformat()}
+    admission.enqueue(replace(record, **place), services)
+
     def queued(current: RunRecord) -> RunRecord | None:
         if not _resumable(current):
             return None  # another worker got there first; its record stands
@@ -222,10 +226,8 @@ def _submit(
             f"waiting for one of {settings.max_training_runs} training slots",
             inputs=dataset_parameters(main.metadata),
             gate=overrides,
-            uploaded_at=main.uploaded_at,
-            # The wall clock, not the run clock: an order among this second's uploads, not a deadline.
-            queued_at=datetime.now(UTC).isoformat(),
             reason="",
+            **place,
         )
 
     if services.runs.update(run_id, queued).state is not RunState.QUEUED:

@@ -176,8 +176,10 @@ class Leases:
 
         self._change(endpoint, decide)
 
-    def all(self) -> list[Lease]:
-        return [_lease_of(entity) for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}'")]
+    def taken(self) -> list[Lease]:
+        """The leases someone holds or waits for (the table filters them: free ones are most of them)."""
+        query = f"PartitionKey eq '{PARTITION}' and (holder ne '' or contender ne '')"
+        return [_lease_of(entity) for entity in self._table.query_entities(query)]
 
 
 def _lease_of(entity: dict[str, Any]) -> Lease:

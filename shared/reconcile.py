@@ -141,7 +141,7 @@ def reconcile(services: Services) -> list[Check]:
 
     with ThreadPoolExecutor(max_workers=settings.reconcile_concurrency) as pool:
         checks = list(pool.map(one, batch))
-    for lease in services.leases.all():
+    for lease in services.leases.taken():
         released = _release(lease, services)
         if released is not None:
             log.warning("reconcile: lease released: %s", released.reason)

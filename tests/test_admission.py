@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -14,7 +15,7 @@ from shared.intake import handle_upload
 from shared.naming import endpoint_name
 from shared.platform.port import JobStatus
 from shared.reconcile import reconcile
-from shared.runs import RunState
+from shared.runs import RunState, use_clock
 from shared.services import Services, use_services
 from shared.slots import Slots
 from tests.data import dataset
@@ -65,6 +66,8 @@ def test_uploads_beyond_the_cap_wait_and_are_submitted_in_upload_order(services:
         next(h["at"] for h in services.runs.get(run_id).history if h["state"] == "submitted") for run_id in ids
     ]
     assert submitted_at == sorted(submitted_at)
+    # The queue index holds only what waits: nothing now.
+    assert list(services.storage.table.query_entities(f"PartitionKey eq '{admission.QUEUE}'")) == []
 
 
 def test_concurrent_uploads_never_train_more_than_the_cap(services: Services, fake_platform):
@@ -85,6 +88,9 @@ def test_concurrent_uploads_never_train_more_than_the_cap(services: Services, fa
     assert len(fake_platform.jobs) == 3
     assert len(training(services)) == 3
     assert sum(r.state is RunState.QUEUED for r in services.runs.all()) == 9
+    index = [row["run_id"] for row in services.storage.table.query_entities(f"PartitionKey eq '{admission.QUEUE}'")]
+    queued = sorted((r for r in services.runs.all() if r.state is RunState.QUEUED), key=admission.upload_order)
+    assert index == [r.run_id for r in queued]  # the table returns the index in upload order
 
 
 def test_a_run_killed_between_its_slot_and_its_submit_is_submitted_by_the_next_admission(
@@ -103,7 +109,13 @@ def test_a_run_killed_between_its_slot_and_its_submit_is_submitted_by_the_next_a
     assert record.state is RunState.QUEUED
     fake_platform.submit_finetune = real
     upload(services, "incoming/b.jsonl", start=100)  # a later upload: the slot is the first one's
-    checks = reconcile(services)
+    assert services.runs.get(record.run_id).state is RunState.QUEUED  # its slot is young: maybe in flight
+    later = datetime.now(UTC) + timedelta(seconds=admission.SUBMIT_GRACE_S + 1)
+    use_clock(lambda: later)
+    try:
+        checks = reconcile(services)
+    finally:
+        use_clock(None)
     assert services.runs.get(record.run_id).state is RunState.SUBMITTED, checks
     assert len(fake_platform.jobs) == 1
 
