@@ -207,9 +207,12 @@ def submit(record: RunRecord, services: Services) -> RunRecord:
         # Retrying cannot help until someone fixes the setting or the workspace: record and stop.
         reason = str(error)
         log.error("admission: run %s not submitted: %s", run_id, reason)
-        return services.runs.update(
+        failed = services.runs.update(
             run_id, lambda r: r.moved(RunState.SUBMIT_FAILED, reason=reason) if r.state is RunState.QUEUED else None
         )
+        if failed.state is RunState.SUBMIT_FAILED:  # its slot is free at once, for a re-upload or the next run
+            _training(services).release(run_id)
+        return failed
 
     def submitted(current: RunRecord) -> RunRecord | None:
         if current.state is not RunState.QUEUED:

@@ -66,6 +66,10 @@ class Slots:
         after = self._change(decide)
         return after, [name for name in after if name not in before]
 
+    def release(self, name: str) -> list[str]:
+        """Give ``name``'s slot back (it will not use it); return the holders after."""
+        return self._change(lambda holders: [holder for holder in holders if holder != name])
+
     def prune(self, holds: Callable[[str], bool]) -> list[str]:
         """Let go of the holders for which ``holds`` is false; return the holders after."""
         return self._change(lambda holders: [holder for holder in holders if holds(holder)])
