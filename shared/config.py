@@ -158,7 +158,10 @@ class Settings(BaseSettings):
 
     # Spend limits: admission control before training, and before a new endpoint.
     max_training_runs: int = Field(
-        4, ge=1, description="Runs training at once; later uploads wait, queued, and are submitted in upload order."
+        4,
+        ge=1,
+        le=200,  # the slot holders are one table property (at most 32K characters)
+        description="Runs training at once (at most 200); later uploads wait, queued, submitted in upload order.",
     )
     max_training_tokens: int | None = Field(
         None,
