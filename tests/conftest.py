@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -38,6 +39,17 @@ def settings(azurite: azurite_mod.Azurite, tmp_path) -> Settings:
         retry_base_s=0,
         idle_notice_s=0,  # one sweep deletes an idle endpoint; tests/test_idle_notice.py covers the notice
     )
+
+
+@pytest.fixture
+def clock() -> Iterator[list[datetime]]:
+    """A settable clock the code reads through ``use_clock``: ``clock[0] += timedelta(...)`` moves time on."""
+    from shared.runs import use_clock
+
+    now = [datetime.now(UTC)]
+    use_clock(lambda: now[0])
+    yield now
+    use_clock(None)
 
 
 @pytest.fixture

@@ -48,15 +48,6 @@ def step_until(services: Services, run_id: str, done) -> RunRecord:
     raise AssertionError(f"run {run_id} never got there: {services.runs.get(run_id).state}")
 
 
-@pytest.fixture
-def clock():
-    """A settable clock the code reads through ``use_clock``."""
-    now = [datetime.now(UTC)]
-    use_clock(lambda: now[0])
-    yield now
-    use_clock(None)
-
-
 # 1 -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("error", [PlatformConfigError("quota exceeded"), RuntimeError("connection reset")])
 def test_duplicate_upload_whose_submit_fails_leaves_the_submitted_run_alone(

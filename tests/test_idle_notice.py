@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
 from shared.cleanup import saves_per_day, sweep
 from shared.naming import MANAGED_TAG, MANAGED_VALUE
-from shared.runs import RunRecord, RunState, use_clock
+from shared.runs import RunRecord, RunState
 from shared.services import Services, use_services
 
 WINDOW_S = 86400
 NOTICE_S = WINDOW_S // 4  # the default: a quarter of the window
-
-
-@pytest.fixture
-def clock():
-    now = [datetime.now(UTC)]
-    use_clock(lambda: now[0])
-    yield now
-    use_clock(None)
 
 
 @pytest.fixture
