@@ -28,9 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shared.azurite import Azurite
+    from shared.config import Settings
     from shared.platform.port import MLPlatform
     from shared.services import Services
+    from shared.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -168,13 +172,16 @@ def azurite() -> Iterator[Azurite]:
             server.stop(grace_s=0.5)  # throw-away data
 
 
-def services_on(server: Azurite, platform: MLPlatform, **settings: Any) -> Services:
+def services_on(
+    server: Azurite, platform: MLPlatform, storage: Callable[[Settings], Storage] | None = None, **settings: Any
+) -> Services:
     """The app's services over ``server`` with storage names of their own, installed for the functions.
 
     Fresh container, table and queue names let one Azurite hold independent runs (a baseline
     and the measured one) without one seeing the other's records. Every other setting is the
     documented default or in ``settings``: FTPILOT_* variables in the shell are ignored, so
-    the figures do not depend on who ran them.
+    the figures do not depend on who ran them. ``storage`` builds the storage from the settings
+    (default: the real ``Storage``).
     """
     from shared.config import Settings
     from shared.services import Services, use_services
@@ -194,8 +201,8 @@ def services_on(server: Azurite, platform: MLPlatform, **settings: Any) -> Servi
         }
         | settings
     )
-    storage = Storage(configured)
-    storage.ensure()
-    services = Services(configured, storage, platform)
+    built = (storage or Storage)(configured)
+    built.ensure()
+    services = Services(configured, built, platform)
     use_services(services)
     return services

@@ -43,11 +43,11 @@ from typing import Any
 from azure.functions.queue import QueueMessage as DeliveredMessage
 from azure.functions.timer import TimerRequest
 
-from bench import arguments, azurite, header, machine, publish
+from bench import arguments, azurite, header, machine, publish, services_on
 from shared.config import Settings
 from shared.platform.port import JobStatus
 from shared.runs import RunState, use_clock
-from shared.services import Services, use_services
+from shared.services import use_services
 from tests.data import dataset
 from tests.events import delivered, run_event
 from tests.fakes.platform import FakePlatform
@@ -240,28 +240,17 @@ def simulate(server: Any, uploads: int, cap: int, seed: int = 7, minutes: int = 
 
     rng = random.Random(seed)
     world = HostWorld(seed)
-    suffix = f"{cap}x{uploads}x{random.randrange(10**8)}"
-    defaults = {name: f.get_default(call_default_factory=True) for name, f in Settings.model_fields.items()}
-    settings = Settings(
-        **defaults
-        | {
-            "storage": server.connection_string,
-            "intake_container": f"burst-{suffix}",
-            "runs_table": f"burst{suffix.replace('x', '')}",
-            "rollout_queue": f"burst-{suffix}",
-            "events_queue": f"burst-events-{suffix}",
-            "data_dir": server.location.parent / f"ftpilot-{suffix}",
-            "max_training_runs": cap,
-            "poll_interval_s": POLL_INTERVAL_S,
-        }
-    )
-    storage = SimStorage(settings, world)
-    storage.ensure()
     timed = Timed(world, rng)
     metered = Metered(timed)
-    services = Services(settings, storage, metered)  # type: ignore[arg-type]
+    services = services_on(
+        server,
+        metered,  # type: ignore[arg-type]
+        storage=lambda settings: SimStorage(settings, world),
+        max_training_runs=cap,
+        poll_interval_s=POLL_INTERVAL_S,
+    )
+    settings, storage = services.settings, services.storage
     names = [f"incoming/team-{i % 50:02d}/set-{i:04d}.jsonl" for i in range(uploads)]
-    use_services(services)
     use_clock(world.time)
     started = time.perf_counter()
     busiest = 0

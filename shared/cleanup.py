@@ -80,23 +80,29 @@ def _probes(mine: list[RunRecord], window_s: float) -> int:
     return sum(r.probe_requests for r in mine if age_s(r.probed_at) <= window_s)
 
 
-def saves_per_day(run: RunRecord | None, services: Services) -> float | None:
-    """USD a day that deleting the run's deployment saves, at its instance type and count (None: no price)."""
+def _instances(run: RunRecord | None, services: Services) -> tuple[str, int]:
+    """The run's deployment's instance type and count (the settings' for a run that has none on record)."""
     settings = services.settings
     instance_type = (run.instance_type if run else "") or settings.inference_instance_type
-    count = (run.instance_count if run else 0) or settings.inference_instance_count
-    price = settings.instance_prices.get(instance_type)
+    return instance_type, (run.instance_count if run else 0) or settings.inference_instance_count
+
+
+def saves_per_day(run: RunRecord | None, services: Services) -> float | None:
+    """USD a day that deleting the run's deployment saves, at its instance type and count (None: no price)."""
+    instance_type, count = _instances(run, services)
+    price = services.settings.instance_prices.get(instance_type)
     return None if price is None else round(price * count * 24, 2)
 
 
 def _idle(run: RunRecord | None, endpoint: EndpointInfo, services: Services, **extra: object) -> dict[str, object]:
     """What the idle events carry: the endpoint, the window and what the deletion saves."""
     settings = services.settings
+    instance_type, count = _instances(run, services)
     return {
         "endpoint": endpoint.name,
         "idle_window_s": settings.idle_window_s,
-        "instance_type": (run.instance_type if run else "") or settings.inference_instance_type,
-        "instance_count": (run.instance_count if run else 0) or settings.inference_instance_count,
+        "instance_type": instance_type,
+        "instance_count": count,
         "usd_per_day": saves_per_day(run, services),
         "prices_read_on": settings.prices_read_on,
         **extra,

@@ -80,9 +80,10 @@ def _claim(services: Services, run_id: str, stamp: datetime) -> tuple[RunRecord 
         unsent = [{**e, "due_at": until, "claim": token} if _due(e, stamp) else e for e in current.unsent]
         return replace(current, unsent=unsent)
 
-    if services.runs.get(run_id) is None:
+    try:
+        record = services.runs.update(run_id, claim)
+    except KeyError:  # no record: nothing to send
         return None, []
-    record = services.runs.update(run_id, claim)
     return record, [entry for entry in record.unsent if entry.get("claim") == token]
 
 
