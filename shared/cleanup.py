@@ -246,14 +246,22 @@ def _record(decision: Decision, endpoint: EndpointInfo, services: Services) -> N
             idle = _idle(run, endpoint, services, deletion_due_at=decision.deletion_due_at)
             kind = lifecycle.IDLE_DELETION_SCHEDULED
             return with_event(
-                noticed, event(noticed, kind, event_id=notice_id(noticed, kind, noticed.idle_notice_at), idle=idle)
+                noticed,
+                event(
+                    noticed,
+                    kind,
+                    event_id=notice_id(noticed, kind, noticed.idle_notice_at),
+                    time=noticed.idle_notice_at,
+                    idle=idle,
+                ),
             )
         if decision.action == "deleted":
             idle = _idle(run, endpoint, services)
             if run.state is not RunState.LIVE:  # nothing to retire; the deletion is news all the same
                 kept = replace(run, sweep_note=note)
                 kind = lifecycle.IDLE_DELETED
-                return with_event(kept, event(kept, kind, event_id=notice_id(kept, kind, now()), idle=idle))
+                stamp = now()
+                return with_event(kept, event(kept, kind, event_id=notice_id(kept, kind, stamp), time=stamp, idle=idle))
             retired = replace(
                 run.moved(RunState.RETIRED, f"endpoint {decision.endpoint} deleted: {decision.reason}"),
                 sweep_note=note,

@@ -85,15 +85,18 @@ def data_of(record: RunRecord, **extra: Any) -> dict[str, Any]:
     return data
 
 
-def event(record: RunRecord, kind: str, *, event_id: str = "", **extra: Any) -> dict[str, Any]:
-    """An unsent entry: the event (without the envelope ``shared.publish`` adds when sending) and its delivery."""
+def event(record: RunRecord, kind: str, *, event_id: str = "", time: str = "", **extra: Any) -> dict[str, Any]:
+    """An unsent entry: the event (without the envelope ``shared.publish`` adds when sending) and its delivery.
+
+    ``time``: when it happened, for an event that is not a change of state (default: the record's last change).
+    """
     if kind not in EVENT_TYPES:
         raise ValueError(f"unknown lifecycle event {kind!r}")
     return {
         "id": event_id or transition_id(record),
         "type": TYPE_PREFIX + kind,
         "subject": record.dataset,
-        "time": record.updated_at,
+        "time": time or record.updated_at,
         "data": data_of(record, **extra),
         "sent": [],  # the sinks that have it
         "attempts": 0,
