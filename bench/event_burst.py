@@ -109,7 +109,7 @@ def timed_burst(call: Callable[[T], object], items: Sequence[T], concurrency: in
 
 def sdk_floor(services: Services, jobs: Sequence[str], count: int, concurrency: int) -> tuple[list[float], float]:
     """The baseline burst: a point read of a run record and a queue send per call, straight through the SDK."""
-    connection = services.settings.storage
+    connection = services.settings.storage_account.connection_string
     table = TableClient.from_connection_string(connection, services.settings.runs_table)
     queue = QueueClient.from_connection_string(connection, f"{services.settings.rollout_queue}-floor")
     queue.create_queue()

@@ -38,7 +38,9 @@ MB = 10**6
 def land(services: Services, name: str, content: bytes) -> BlobClient:
     """Upload ``content`` and return the client the blob extension would hand the function."""
     services.storage.blob(name).upload_blob(content, overwrite=True)
-    return BlobClient.from_connection_string(services.settings.storage, services.settings.intake_container, name)
+    return BlobClient.from_connection_string(
+        services.settings.storage_account.connection_string, services.settings.intake_container, name
+    )
 
 
 def handle(services: Services, name: str, content: bytes) -> float:
@@ -55,7 +57,9 @@ def handle(services: Services, name: str, content: bytes) -> float:
 
 def download(services: Services, name: str) -> float:
     """Seconds to read the blob's bytes once with the SDK: the floor of any handler that reads it."""
-    client = BlobClient.from_connection_string(services.settings.storage, services.settings.intake_container, name)
+    client = BlobClient.from_connection_string(
+        services.settings.storage_account.connection_string, services.settings.intake_container, name
+    )
     started = time.perf_counter()
     client.download_blob().readall()
     return time.perf_counter() - started

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # bool first: JSON true must stay a boolean (the adapter sends "true"), not become 1.
@@ -35,18 +36,61 @@ DEFAULT_PRICES: dict[str, float] = {
     "Standard_ND96amsr_A100_v4": 32.77,
 }
 PRICES_READ_ON = "2026-12-02"
+LOCAL_STORAGE = "UseDevelopmentStorage=true"
+
+
+def _identity(name: str, field: str) -> AliasChoices:
+    """An identity-based connection setting, named as the Functions host names it (``<connection>__<name>``)."""
+    return AliasChoices(f"FTPILOT_STORAGE__{name}", field)
+
+
+@dataclass(frozen=True)
+class StorageAccount:
+    """Where ftpilot's storage clients connect: a connection string, or service URLs and an identity."""
+
+    connection_string: str | None = None
+    blob_url: str | None = None
+    queue_url: str | None = None
+    table_url: str | None = None
+    client_id: str | None = None  # a user-assigned managed identity; None: DefaultAzureCredential's choice
 
 
 class Settings(BaseSettings):
     """ftpilot's configuration. Field docs double as the settings reference."""
 
-    model_config = SettingsConfigDict(env_prefix="FTPILOT_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="FTPILOT_", extra="ignore", frozen=True, populate_by_name=True)
 
     # Storage: where datasets land, reports and splits go, and run records live.
-    storage: str = Field(
-        "UseDevelopmentStorage=true",
-        description="Storage connection string for datasets, reports, run records and the rollout queue. "
-        "The blob trigger's connection has the same name.",
+    storage: str | None = Field(
+        None,
+        description="Storage connection string for datasets, reports, run records and the queues; the blob and "
+        "queue triggers' connection has the same name. In Azure leave it unset and set the identity-based "
+        "FTPILOT_STORAGE__* settings instead; with neither, the local emulator (UseDevelopmentStorage=true).",
+    )
+    # Identity-based connection (Functions' "<connection>__<setting>" names; the triggers read the same ones).
+    storage_account_name: str | None = Field(
+        None,
+        validation_alias=_identity("accountName", "storage_account_name"),
+        description="Storage account name, for identity-based access (service URLs derived from it).",
+    )
+    storage_blob_uri: str | None = Field(
+        None, validation_alias=_identity("blobServiceUri", "storage_blob_uri"), description="Blob service URL."
+    )
+    storage_queue_uri: str | None = Field(
+        None, validation_alias=_identity("queueServiceUri", "storage_queue_uri"), description="Queue service URL."
+    )
+    storage_table_uri: str | None = Field(
+        None, validation_alias=_identity("tableServiceUri", "storage_table_uri"), description="Table service URL."
+    )
+    storage_credential: Literal["managedidentity"] | None = Field(
+        None,
+        validation_alias=_identity("credential", "storage_credential"),
+        description="'managedidentity' (what the Functions host expects with a client id).",
+    )
+    storage_client_id: str | None = Field(
+        None,
+        validation_alias=_identity("clientId", "storage_client_id"),
+        description="Client id of the user-assigned managed identity that reaches storage.",
     )
     intake_container: str = Field("datasets", description="Container watched for uploads.")
     intake_prefix: str = Field("incoming/", description="Uploads are datasets only under this prefix.")
@@ -214,6 +258,13 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
+        "storage",
+        "storage_account_name",
+        "storage_blob_uri",
+        "storage_queue_uri",
+        "storage_table_uri",
+        "storage_credential",
+        "storage_client_id",
         "subscription_id",
         "resource_group",
         "workspace_name",
@@ -247,6 +298,17 @@ class Settings(BaseSettings):
                 Webhook(self.webhook_secret)
             except Exception as error:
                 raise ValueError(f"FTPILOT_WEBHOOK_SECRET is not a whsec_ base64 secret: {error}") from None
+        uris = {
+            "blobServiceUri": self.storage_blob_uri,
+            "queueServiceUri": self.storage_queue_uri,
+            "tableServiceUri": self.storage_table_uri,
+        }
+        missing = [f"FTPILOT_STORAGE__{name}" for name, value in uris.items() if not value]
+        if not self.storage and not self.storage_account_name and any(uris.values()) and missing:
+            raise ValueError(
+                f"identity-based storage needs {', '.join(missing)} too (or FTPILOT_STORAGE__accountName): "
+                "ftpilot uses blobs, queues and a table"
+            )
         if self.idle_notice_s is not None and self.idle_notice_s >= self.idle_window_s:
             raise ValueError(
                 f"FTPILOT_IDLE_NOTICE_S ({self.idle_notice_s}) must be shorter than "
@@ -283,6 +345,34 @@ class Settings(BaseSettings):
         return workspace_topic(
             self.subscription_id or "local", self.resource_group or "local", self.workspace_name or "local"
         )
+
+    @property
+    def storage_account(self) -> StorageAccount:
+        """How to reach storage: the connection string wins, as in the Functions host; then the identity settings."""
+        if self.storage:
+            return StorageAccount(connection_string=self.storage)
+        name = self.storage_account_name
+        if not (name or self.storage_blob_uri):
+            return StorageAccount(connection_string=LOCAL_STORAGE)
+
+        def url(given: str | None, service: str) -> str:
+            return given or f"https://{name}.{service}.core.windows.net/"
+
+        return StorageAccount(
+            blob_url=url(self.storage_blob_uri, "blob"),
+            queue_url=url(self.storage_queue_uri, "queue"),
+            table_url=url(self.storage_table_uri, "table"),
+            client_id=self.storage_client_id,
+        )
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """Each field's app setting name: FTPILOT_<FIELD>, or the Functions-style name an identity setting has."""
+        names = {}
+        for field, info in cls.model_fields.items():
+            alias = info.validation_alias
+            names[field] = alias.choices[0] if isinstance(alias, AliasChoices) else f"FTPILOT_{field.upper()}"
+        return names
 
     @property
     def idle_notice(self) -> int:

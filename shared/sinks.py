@@ -132,9 +132,9 @@ class EventGridSink:
 
                     credential: Any = AzureKeyCredential(self._key)
                 else:
-                    from azure.identity import DefaultAzureCredential
+                    from shared.identity import credential as identity
 
-                    credential = DefaultAzureCredential()
+                    credential = identity()
                 self._client = EventGridPublisherClient(self.endpoint, credential, **self._options)
             return self._client
 

@@ -1,4 +1,4 @@
-"""Storage clients built from the one connection setting, and a streaming blob writer.
+"""Storage clients built from the storage settings (a connection string or an identity), and a streaming blob writer.
 
 The SDK imports are deferred to first use: they cost ~0.5 s each and the Functions host
 imports every blueprint at start-up.
@@ -23,14 +23,25 @@ BLOCK_SIZE = 4 * 1024 * 1024
 class Storage:
     """The account ftpilot works in: intake container, run table, rollout and events queues."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **client_options: Any) -> None:
+        """``client_options`` go to every client (a transport, a retry policy)."""
         self.settings = settings
+        self.account = settings.storage_account
+        self._options = client_options
+
+    def _credential(self) -> Any:
+        from shared.identity import credential
+
+        return credential(self.account.client_id)
 
     @cached_property
     def container(self) -> ContainerClient:
         from azure.storage.blob import ContainerClient
 
-        return ContainerClient.from_connection_string(self.settings.storage, self.settings.intake_container)
+        name = self.settings.intake_container
+        if self.account.connection_string:
+            return ContainerClient.from_connection_string(self.account.connection_string, name, **self._options)
+        return ContainerClient(self.account.blob_url, name, credential=self._credential(), **self._options)
 
     def blob(self, name: str) -> BlobClient:
         return self.container.get_blob_client(name)
@@ -39,7 +50,10 @@ class Storage:
     def table(self) -> TableClient:
         from azure.data.tables import TableClient
 
-        return TableClient.from_connection_string(self.settings.storage, self.settings.runs_table)
+        name = self.settings.runs_table
+        if self.account.connection_string:
+            return TableClient.from_connection_string(self.account.connection_string, name, **self._options)
+        return TableClient(self.account.table_url, name, credential=self._credential(), **self._options)
 
     @cached_property
     def queue(self) -> QueueClient:
@@ -59,12 +73,14 @@ class Storage:
         from azure.storage.queue import BinaryBase64DecodePolicy, BinaryBase64EncodePolicy, QueueClient
 
         # Base64, because that is what the Functions queue trigger expects by default.
-        return QueueClient.from_connection_string(
-            self.settings.storage,
-            name,
-            message_encode_policy=BinaryBase64EncodePolicy(),
-            message_decode_policy=BinaryBase64DecodePolicy(),
-        )
+        options = {
+            **self._options,
+            "message_encode_policy": BinaryBase64EncodePolicy(),
+            "message_decode_policy": BinaryBase64DecodePolicy(),
+        }
+        if self.account.connection_string:
+            return QueueClient.from_connection_string(self.account.connection_string, name, **options)
+        return QueueClient(self.account.queue_url, name, credential=self._credential(), **options)
 
     def put_report(self, names: tuple[str, str], document: dict[str, Any], markdown: str) -> None:
         """A report pair, JSON for machines and Markdown for people, replacing an earlier one."""

@@ -215,7 +215,9 @@ class SimStorage(Storage):
         from azure.data.tables import TableClient
 
         # No SDK retries: a dead emulator fails fast and the world's redelivery is the retry.
-        return TableClient.from_connection_string(self.settings.storage, self.settings.runs_table, retry_total=0)
+        return TableClient.from_connection_string(
+            self.settings.storage_account.connection_string, self.settings.runs_table, retry_total=0
+        )
 
     @property
     def table(self) -> Any:  # type: ignore[override]

@@ -67,7 +67,7 @@ def test_up_serves_until_ctrl_c_and_leaves_the_azurite_it_found(settings: Settin
         out, _ = host.communicate(timeout=60)
     assert host.returncode == 0, out
     # It did not start that Azurite, so it does not stop it, and says so.
-    assert f"Azurite on port {storage_ports(settings.storage)[0]}" in out
+    assert f"Azurite on port {storage_ports(settings.storage_account.connection_string)[0]}" in out
     assert "left running" in out and "nothing left running" not in out
     assert "Traceback" not in out
 

@@ -19,15 +19,16 @@ def sample() -> dict:
 
 
 def test_sample_lists_every_setting_and_nothing_else(sample: dict) -> None:
-    expected = {f"FTPILOT_{name.upper()}" for name in Settings.model_fields} | HOST_SETTINGS
+    expected = set(Settings.env_names().values()) | HOST_SETTINGS
     assert set(sample["Values"]) == expected
     assert set(sample["Descriptions"]) == expected
 
 
 def test_every_setting_is_described_as_in_settings(sample: dict) -> None:
+    names = Settings.env_names()
     for name, field in Settings.model_fields.items():
         assert field.description, f"Settings.{name} has no description"
-        assert sample["Descriptions"][f"FTPILOT_{name.upper()}"] == field.description
+        assert sample["Descriptions"][names[name]] == field.description
 
 
 def test_sample_values_load_as_working_local_settings(sample: dict, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

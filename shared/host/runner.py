@@ -37,8 +37,10 @@ DEFAULT_PORTS = (10000, 10001, 10002)
 HEADLINE_METRICS = ("train_loss", "eval_loss", "train_runtime", "epoch")
 
 
-def storage_ports(connection: str) -> tuple[int, int, int] | None:
-    """Loopback ports a connection string points at, or None when it names a real account."""
+def storage_ports(connection: str | None) -> tuple[int, int, int] | None:
+    """Loopback ports a connection string points at, or None when it names a real account (or there is none)."""
+    if not connection:
+        return None
     if connection.strip().rstrip(";").lower() == "usedevelopmentstorage=true":
         return DEFAULT_PORTS
     ports = []
@@ -122,7 +124,7 @@ def ensure_azurite(settings: Settings) -> azurite.Azurite | None:
     Returns the process this call started, for the caller to stop, or None when storage is
     a real account or an emulator is already running.
     """
-    ports = storage_ports(settings.storage)
+    ports = storage_ports(settings.storage_account.connection_string)
     if ports is None or all(azurite.listening(p) for p in ports):
         return None
     return azurite.start(Path(settings.data_dir) / "azurite", ports)
@@ -218,7 +220,7 @@ class LocalHost:
             self._azurite = None
             self.out("ftpilot local host stopped, with the Azurite it started; nothing left running.")
             return
-        ports = storage_ports(self.settings.storage)
+        ports = storage_ports(self.settings.storage_account.connection_string)
         if ports is not None and azurite.listening(ports[0]):
             self.out(
                 f"ftpilot local host stopped. Azurite on port {ports[0]} was running before it started "

@@ -41,9 +41,9 @@ def quiet_pollers() -> None:
 
 def default_credential() -> TokenCredential:
     """Managed identity in Azure; environment, CLI or developer login elsewhere."""
-    from azure.identity import DefaultAzureCredential
+    from shared.identity import credential
 
-    return DefaultAzureCredential()
+    return credential()
 
 
 def check_workspace_settings(settings: Settings) -> None:

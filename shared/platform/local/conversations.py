@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from shared.config import StorageAccount
 from shared.platform.port import DataRef
 
 Conversation = list[dict[str, str]]
@@ -20,12 +21,17 @@ class DataError(Exception):
     """A split is missing or unreadable; the message is for the operator."""
 
 
-def download(connection_string: str, ref: DataRef, target: Path) -> Path:
+def download(account: StorageAccount, ref: DataRef, target: Path) -> Path:
     """Copy the blob ``ref`` to ``target`` (a file in the job's folder, kept for inspection)."""
     from azure.core.exceptions import ResourceNotFoundError
     from azure.storage.blob import BlobClient
 
-    blob = BlobClient.from_connection_string(connection_string, ref.container, ref.path)
+    if account.connection_string:
+        blob = BlobClient.from_connection_string(account.connection_string, ref.container, ref.path)
+    else:
+        from shared.identity import credential
+
+        blob = BlobClient(account.blob_url, ref.container, ref.path, credential=credential(account.client_id))
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with target.open("wb") as file:

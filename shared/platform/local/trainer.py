@@ -142,7 +142,7 @@ def _download_splits(settings: Settings, job_dir: Path, request: FineTuneRequest
     """The train and test conversations, kept in the job's folder for inspection."""
     splits = {}
     for split, ref in (("train", request.train), ("test", request.test)):
-        path = conversations.download(settings.storage, ref, job_dir / "data" / f"{split}.jsonl")
+        path = conversations.download(settings.storage_account, ref, job_dir / "data" / f"{split}.jsonl")
         splits[split] = conversations.read(path, f"{split} split {ref.container}/{ref.path}")
     log.info("%d train and %d test conversations", len(splits["train"]), len(splits["test"]))
     return splits
