@@ -16,6 +16,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt infra/requirements.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_INDEX) $(TORCH)
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .  # the `ftpilot` command
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -23,7 +24,7 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 demo: setup
-	$(BIN)/python -m shared.cli demo
+	$(BIN)/ftpilot demo
 
 test: setup lint
 	$(BIN)/python -m pytest

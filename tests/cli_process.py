@@ -25,13 +25,21 @@ TEST_SETTINGS = (
 )
 
 
-def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``python -m shared.cli ARGS`` in ``cwd`` (no local.settings.json there), with no FTPILOT_* or HF_*
-    settings from this shell but those in ``env``."""
+def console_command() -> Path:
+    """The ``ftpilot`` command ``pip install -e .`` (``make setup``) put beside this interpreter."""
+    return Path(sys.executable).parent / "ftpilot"
+
+
+def run_cli(cwd: Path, *args: str, console: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m shared.cli ARGS`` (or, with ``console``, ``ftpilot ARGS``) in ``cwd`` (no
+    local.settings.json there), with no FTPILOT_* or HF_* settings from this shell but those in ``env``."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("FTPILOT_", "HF_"))}
     environment |= {"PYTHONPATH": str(REPO), **env}
+    if console:
+        environment.pop("PYTHONPATH")  # the installed command finds the package on its own
+    command = [str(console_command())] if console else [sys.executable, "-m", "shared.cli"]
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [*command, *args],
         cwd=cwd,
         env=environment,
         capture_output=True,

@@ -30,6 +30,16 @@ def test_a_valid_file_exits_0_with_a_summary(tmp_path: Path) -> None:
     assert result.stderr == ""  # no progress bar when stderr is not a terminal
 
 
+def test_the_ftpilot_command_is_the_same_cli(tmp_path: Path) -> None:
+    """``pip install -e .`` gives ``ftpilot``; it runs the same code as ``python -m shared.cli``."""
+    path = write(tmp_path, rows_with({}))
+    installed = run(tmp_path, "validate", str(path), "--json", console=True)
+    module = run(tmp_path, "validate", str(path), "--json")
+    assert installed.returncode == module.returncode == 0, installed.stderr
+    assert json.loads(installed.stdout) == json.loads(module.stdout)
+    assert run(tmp_path, "--help", console=True).stdout.startswith("usage: ftpilot")
+
+
 def test_an_invalid_file_exits_1(tmp_path: Path) -> None:
     path = write(tmp_path, rows_with({3: b"{broken"}))
     result = run(tmp_path, "validate", str(path))
