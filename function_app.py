@@ -7,6 +7,9 @@ from functions.events import bp as events
 from functions.intake import bp as intake
 from functions.reconcile import bp as reconcile
 from functions.rollout import bp as rollout
+from shared.logs import install as structured_logs
+
+structured_logs()
 
 app = func.FunctionApp()
 for blueprint in (intake, rollout, events, cleanup, reconcile):

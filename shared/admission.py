@@ -26,6 +26,7 @@ from typing import Any
 
 from shared.blobnames import dataset_label
 from shared.lifecycle import event, with_event
+from shared.logs import append_keys
 from shared.naming import DATASET_TAG, RUN_TAG, SHA256_TAG, job_name
 from shared.platform.port import DataRef, FineTuneRequest, PlatformConfigError
 from shared.runs import ADMITTED, RunRecord, RunState, age_s, now
@@ -190,6 +191,11 @@ def admit(services: Services, *, raise_for: str = "") -> list[RunRecord]:
 
 def submit(record: RunRecord, services: Services) -> RunRecord:
     """Submit a queued run's fine-tuning job and record it (or the configuration error that stops it)."""
+    with append_keys(run_id=record.run_id, job=job_name(record.run_id)):
+        return _submit(record, services)
+
+
+def _submit(record: RunRecord, services: Services) -> RunRecord:
     settings = services.settings
     run_id = record.run_id
     request = FineTuneRequest(

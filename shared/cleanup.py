@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 
 from shared import lifecycle
 from shared.lifecycle import event, notice_id, with_event
+from shared.logs import append_keys
 from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE
 from shared.platform.port import EndpointInfo
 from shared.runs import RunRecord, RunState, age_s, now, utcnow
@@ -285,6 +286,10 @@ def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
     def one(endpoint: EndpointInfo) -> Decision:
         mine = by_endpoint.get(endpoint.name, [])
         run = _run_for(mine)
+        with append_keys(endpoint=endpoint.name, run_id=run.run_id if run else None):
+            return _sweep_one(endpoint, run, mine)
+
+    def _sweep_one(endpoint: EndpointInfo, run: RunRecord | None, mine: list[RunRecord]) -> Decision:
         try:
             decision = _decide(endpoint, run, services, dry_run, mine)
             if decision.action == "kept" and not dry_run:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared import admission, gate
 from shared.blobnames import Kind, Upload, classify, report_names, sidecar_name
+from shared.logs import append_keys, bind
 from shared.naming import run_id_for
 from shared.runs import RunRecord, RunState
 from shared.services import Services
@@ -91,7 +92,8 @@ def handle_upload(client: BlobClient, services: Services) -> Outcome:
         log.info("intake: ignored %r: %s", upload.name, upload.reason)
         return Outcome(upload.name, "ignored", reason=upload.reason)
     try:
-        return _process(upload, client, services)
+        with append_keys():  # the run id is bound once the content is hashed
+            return _process(upload, client, services)
     except (ResourceNotFoundError, ResourceModifiedError) as error:
         # Deleted or overwritten while we read it: the newer upload has its own event.
         log.warning("intake: %r changed while being read (%s); skipping", upload.name, type(error).__name__)
@@ -106,6 +108,7 @@ def _process(upload: Upload, client: BlobClient, services: Services) -> Outcome:
     sidecar, sidecar_report = _sidecar(upload, services, options)
     valid = report.valid and (sidecar_report is None or sidecar_report.valid)
     run_id = run_id_for(report.sha256, sidecar_report.sha256 if sidecar_report else "")
+    bind(run_id=run_id)
     json_name, _ = report_names(upload, settings)
 
     fresh = RunRecord(
@@ -235,6 +238,7 @@ def _submit(
     admission.admit(services, raise_for=run_id)
     stored = services.runs.get(run_id) or record
     if stored.state is RunState.SUBMITTED:
+        bind(job=stored.job_name)
         log.info("intake: run %s submitted as job %s", run_id, stored.job_name)
         return Outcome(upload.name, "submitted", run_id, stored.job_name)
     if stored.state is RunState.SUBMIT_FAILED:

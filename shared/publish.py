@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from shared.logs import append_keys
 from shared.runs import RunRecord, age_s, utcnow
 from shared.services import Services
 from shared.sinks import SinkError, envelope
@@ -89,6 +90,11 @@ def _claim(services: Services, run_id: str, stamp: datetime) -> tuple[RunRecord 
 
 def deliver(run_id: str, services: Services) -> Delivery:
     """Send the run's due events to every sink that lacks them; record who took what."""
+    with append_keys(run_id=run_id):
+        return _deliver(run_id, services)
+
+
+def _deliver(run_id: str, services: Services) -> Delivery:
     sinks = services.sinks
     stamp = utcnow()
     record, due = _claim(services, run_id, stamp)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from shared import admission, publish
 from shared.leases import Lease
+from shared.logs import append_keys
 from shared.naming import job_name
 from shared.rollout import send
 from shared.runs import TRAINING, RunRecord, RunState, age_s
@@ -134,7 +135,8 @@ def reconcile(services: Services) -> list[Check]:
     def one(item: tuple[RunRecord, str]) -> Check:
         record, reason = item
         try:
-            return _nudge(record, reason, services)
+            with append_keys(run_id=record.run_id, job=record.job_name, endpoint=record.endpoint):
+                return _nudge(record, reason, services)
         except Exception as error:  # one run's trouble must not stop the tick; the next tick retries
             log.exception("reconcile: run %s could not be re-queued", record.run_id)
             return Check(record.run_id, "failed", f"{type(error).__name__}: {error}")

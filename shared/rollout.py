@@ -40,6 +40,7 @@ from shared import admission, gate
 from shared.blobnames import promotion_report_names
 from shared.events import EventError, ignore_reason, parse
 from shared.leases import Grant, order
+from shared.logs import append_keys
 from shared.naming import (
     DATASET_TAG,
     JOB_TAG,
@@ -92,6 +93,11 @@ class Result:
 
 def accept_event(raw: Mapping[str, Any], services: Services) -> Result:
     """Queue the run named by ``raw`` for the worker if it is one of ftpilot's jobs."""
+    with append_keys(event_id=raw.get("id") if isinstance(raw, Mapping) else None):
+        return _accept(raw, services)
+
+
+def _accept(raw: Mapping[str, Any], services: Services) -> Result:
     try:
         event = parse(raw)
     except EventError as error:
@@ -104,12 +110,13 @@ def accept_event(raw: Mapping[str, Any], services: Services) -> Result:
     record = None if reason or run_id is None else services.runs.get(run_id)
     if not reason and (record is None or record.job_name != event.run_id):
         reason = f"no run record for job {event.run_id}"
-    if reason or record is None:
-        log.info("rollout: event %s dropped: %s", event.id, reason)
-        return Result("dropped", reason=reason)
-    send(services, {"run_id": record.run_id, "event": event.id, "status": event.status})
-    log.info("rollout: event %s (%s %s) queued for run %s", event.id, event.run_id, event.status, record.run_id)
-    return Result("queued", record.run_id)
+    with append_keys(job=event.run_id, run_id=record.run_id if record else None):
+        if reason or record is None:
+            log.info("rollout: event %s dropped: %s", event.id, reason)
+            return Result("dropped", reason=reason)
+        send(services, {"run_id": record.run_id, "event": event.id, "status": event.status})
+        log.info("rollout: event %s (%s %s) queued for run %s", event.id, event.run_id, event.status, record.run_id)
+        return Result("queued", record.run_id)
 
 
 def send(services: Services, message: Mapping[str, Any], delay_s: int = 0) -> None:
@@ -137,7 +144,11 @@ class _Wait(Exception):
 def advance(body: bytes | str, services: Services) -> Result:
     """Handle one rollout queue message."""
     message = orjson.loads(body)
-    run_id, token = message["run_id"], message.get("token", "")
+    with append_keys(run_id=message["run_id"], event_id=message.get("event")):
+        return _advance(message["run_id"], message.get("token", ""), services)
+
+
+def _advance(run_id: str, token: str, services: Services) -> Result:
     record = services.runs.get(run_id)
     if record is None:
         return Result("dropped", run_id, "no run record")
@@ -244,7 +255,8 @@ def _run_steps(record: RunRecord, services: Services) -> Result:
     training = record.state in TRAINING
     while (step := steps.get(record.state)) is not None:
         before = record.state
-        step(record, services)
+        with append_keys(run_id=record.run_id, job=record.job_name, endpoint=record.endpoint):
+            step(record, services)
         record = services.runs.get(record.run_id) or record
         if training and record.state not in TRAINING:
             _admit_next(services)
@@ -748,6 +760,11 @@ def give_up(body: bytes | str, services: Services) -> Result:
     ended and what bills cleaned up.
     """
     run_id = orjson.loads(body)["run_id"]
+    with append_keys(run_id=run_id):
+        return _give_up(run_id, services)
+
+
+def _give_up(run_id: str, services: Services) -> Result:
     record = services.runs.get(run_id)
     if record is None:
         return Result("dropped", run_id, "no run record")

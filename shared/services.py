@@ -70,6 +70,9 @@ _current: Services | None = None
 def get_services() -> Services:
     global _current  # noqa: PLW0603 - one per process, like the host's own bindings
     if _current is None:
+        from shared.logs import telemetry
+
+        telemetry()  # on the first invocation, not at import: it costs more than the whole cold start
         _current = Services.create(get_settings())
     return _current
 
