@@ -283,7 +283,7 @@ def _upload_splits(plan: list[Any], args: argparse.Namespace) -> None:
             print(f"uploaded {item.path} ({item.path.stat().st_size:,} bytes) to {container}/{item.blob}: {role}")
     if len(plan) == 1:
         print("No test split: intake holds out a deterministic share of the train split for testing.")
-    print("Intake validates the upload and starts fine-tuning; follow it with `python -m shared.cli status`.")
+    print("Intake validates the upload and starts fine-tuning; follow it with `ftpilot status`.")
 
 
 def _rows_bar(split: str) -> Callable[[int, int], Callable[[int], None] | None]:
@@ -345,7 +345,7 @@ def _status(args: argparse.Namespace) -> int:
         payload = [dataclasses.asdict(row) for row in table_rows]
         sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
     elif not table_rows:
-        print("No runs yet: upload a .jsonl file to the intake container (or run `python -m shared.cli demo`).")
+        print("No runs yet: upload a .jsonl file to the intake container (or run `ftpilot demo`).")
     else:
         _console().print(render(table_rows))
     return EXIT_OK

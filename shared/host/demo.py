@@ -120,12 +120,12 @@ def next_steps(settings: Settings) -> str:
     intake = f"{settings.intake_container}/{settings.intake_prefix}"
     return f"""
 Where to look next:
-  python -m shared.cli status                 every run: state, job, model, endpoint, reason
+  .venv/bin/ftpilot status                    every run: state, job, model, endpoint, reason
   .venv/bin/mlflow ui --backend-store-uri sqlite:///{layout.mlflow_db}
                                               training/eval loss by step, registered models
-  python -m shared.cli up                     keep the local host running; drop .jsonl files
+  .venv/bin/ftpilot up                        keep the local host running; drop .jsonl files
                                               into {intake} (Azurite) to fine-tune
-  python -m shared.cli validate FILE --show 3 check a dataset before uploading it
+  .venv/bin/ftpilot validate FILE --show 3    check a dataset before uploading it
 
 Calling a live endpoint (while `up` runs; `up` prints these, filled in, when a run goes live; the
 key is in {layout.keys}/<endpoint>.key), as a managed online endpoint on Azure is called:

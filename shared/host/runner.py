@@ -164,7 +164,7 @@ class LocalHost:
         self.printer.skip(earlier)
         self.events.skip()
         if earlier:
-            self.out(f"{len(earlier)} earlier run(s) on record: python -m shared.cli status")
+            self.out(f"{len(earlier)} earlier run(s) on record: ftpilot status")
         self.out(
             f"ftpilot local host: watching {settings.intake_container}/{settings.intake_prefix}, "
             f"workspace in {settings.data_dir}"
