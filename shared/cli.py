@@ -445,26 +445,35 @@ def _add_up(commands: Commands) -> None:
     command.set_defaults(handler=_up)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _up(args: argparse.Namespace) -> int:
     from shared.host.runner import LocalHost
 
     settings = load_settings()
     _quiet_logs()
     host = LocalHost(settings)
-    # A service manager, `docker stop` or `kill` sends SIGTERM: stop as cleanly as on Ctrl-C.
-    signal.signal(signal.SIGTERM, _interrupt)
+
+    def stop(signum: int, frame: object) -> None:
+        """Ctrl-C, or SIGTERM from a service manager, `docker stop` or `kill`: finish the pass, then stop.
+
+        A flag, not an exception: a KeyboardInterrupt raised inside an import or a finaliser can be
+        swallowed there, and the host would never hear it. A second signal stops at once.
+        """
+        if host.stopping.is_set():
+            raise KeyboardInterrupt
+        host.stopping.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         host.start()
-        print("Press Ctrl-C to stop.")
-        host.run(interval_s=args.interval)
+        if not host.stopping.is_set():
+            print("Press Ctrl-C to stop.", flush=True)
+            host.run(interval_s=args.interval)
     except KeyboardInterrupt:
         pass
     finally:
         host.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return EXIT_OK
 
 
