@@ -192,10 +192,8 @@ def test_the_template_matches_the_app_it_deploys() -> None:
     assert any("-poison" in q for q in queues), "the rollout worker's poison queue is created too"
 
 
-def test_the_subscriptions_point_at_functions_that_exist() -> None:
-    from function_app import app
-
-    bindings = {f.get_function_name(): f.get_bindings() for f in app.get_functions()}
+def test_the_subscriptions_point_at_functions_that_exist(app_functions: dict) -> None:
+    bindings = {name: f.get_bindings() for name, f in app_functions.items()}
     (intake,) = bindings[postdeploy.INTAKE_FUNCTION]
     assert intake.type == "blobTrigger" and intake.source == "EventGrid"
     (events,) = bindings[postdeploy.RUN_EVENTS_FUNCTION]
