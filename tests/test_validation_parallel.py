@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 from pathlib import Path
 
 import pytest
 
-from shared.validation import ValidationOptions, parallel, validate_chunks, validate_path, validator
+from shared.validation import ValidationOptions, parallel, validate_path, validator
 from tests.test_validation import POSITIVE, encode, row, write
 
 
@@ -34,19 +36,54 @@ def test_parallel_report_equals_the_serial_one(
     assert serial["counts"]["example.duplicate"] >= 1
 
 
-@pytest.mark.parametrize("chunk_bytes", [7, 300, 10**6])
-@pytest.mark.parametrize("block_bytes", [1, 1_000, 10**9])
-def test_streams_cut_anywhere_give_the_serial_report(
-    monkeypatch: pytest.MonkeyPatch, chunk_bytes: int, block_bytes: int
+@pytest.mark.parametrize("block_bytes", [1, 1_000, 3_000, 10**9])
+def test_lines_longer_than_a_range_give_the_serial_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block_bytes: int
 ) -> None:
-    """Chunks smaller than a line, too-long lines spanning many chunks, one at the very end."""
-    data = b"\n".join([b"", *everything_wrong(), b"y" * 4000, encode(row(5)), b"z" * 2500])
-    chunks = [data[i : i + chunk_bytes] for i in range(0, len(data), chunk_bytes)]
+    """Too-long lines spanning many ranges, a blank first line, one too long at the very end, no final newline."""
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"\n".join([b"", *everything_wrong(), b"y" * 4000, encode(row(5)), b"z" * 2500]))
     options = ValidationOptions(max_line_bytes=2000, samples_per_code=4)
-    serial = validate_chunks(chunks, options, source="s").to_dict()
+    serial = validate_path(path, options, workers=1).to_dict()
     monkeypatch.setattr(parallel, "BLOCK_BYTES", block_bytes)
-    assert validate_chunks(chunks, options, source="s", workers=2).to_dict() == serial
+    assert validate_path(path, options, workers=2).to_dict() == serial
     assert serial["counts"]["line.too_long"] == 3
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ranges_cut_only_at_line_starts_and_cover_the_file(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    data = bytes(rng.choice(b"ab\n" if seed % 2 else b"abcdefgh\n") for _ in range(rng.randrange(0, 3000)))
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    block = rng.randrange(1, 200)
+    with path.open("rb") as file:
+        cuts = parallel._cuts(file.fileno(), len(data), block)
+    assert cuts[0] == 0
+    assert cuts[-1] == len(data)
+    assert cuts == sorted(set(cuts))
+    assert all(data[cut - 1] == ord("\n") for cut in cuts[1:-1])
+    for start, end in itertools.pairwise(cuts[:-1]):  # each range ends at the first line start a block on
+        assert end - start >= block
+        assert b"\n" not in data[start + block - 1 : end - 1]
+
+
+def test_a_file_without_newlines_is_one_range(tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"x" * 300_000)
+    with path.open("rb") as file:
+        assert parallel._cuts(file.fileno(), 300_000, 1_000) == [0, 300_000]
+
+
+def test_progress_counts_the_checked_bytes_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, [row(i) for i in range(200)])
+    monkeypatch.setattr(parallel, "BLOCK_BYTES", 1_000)
+    seen: list[int] = []
+    report = validate_path(path, ValidationOptions(), workers=2, progress=seen.append)
+    assert report.valid
+    assert len(seen) > 10
+    assert seen == sorted(seen)
+    assert seen[-1] == path.stat().st_size
 
 
 @pytest.mark.parametrize(
@@ -69,11 +106,12 @@ def test_a_file_that_is_not_json_lines_stops_at_its_first_line(
 
 def test_big_files_use_the_cores_and_small_ones_do_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     used: list[int] = []
-    real = validator.validate_chunks
-    monkeypatch.setattr(validator, "validate_chunks", lambda *a, **k: used.append(k["workers"]) or real(*a, **k))
+    real = parallel.start_workers
+    monkeypatch.setattr(parallel, "start_workers", lambda *a: used.append(a[-1]) or real(*a))
     monkeypatch.setattr(validator.os, "cpu_count", lambda: 2)
     path = write(tmp_path, [row(i) for i in range(20)])
     validate_path(path, ValidationOptions())
+    assert used == []
     monkeypatch.setattr(validator, "PARALLEL_FROM_BYTES", 1)
     validate_path(path, ValidationOptions())
-    assert used == [1, 2]
+    assert used == [2]

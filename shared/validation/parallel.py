@@ -1,36 +1,43 @@
-"""The pass over the lines on several cores, for big files: same findings, same report, less wall time.
+"""The pass over a local file's lines on several cores: same findings, same report, less wall time.
 
 Parsing and checking cost ~45 us per ultrachat example in one interpreter, so a gigabyte takes
-seconds on one core. Here the calling process only cuts the stream (which the read-ahead
-thread reads and hashes) into blocks of ~2 MB that end at a newline; worker processes frame
-the lines of a block and run the very same :class:`LineScanner` on them, numbering from 1; each
-partial :class:`Scan` is shifted to its place and merged in file order, so the report is the
-one-core pass's.
+seconds on one core. Here the file is cut into ranges of ~``BLOCK_BYTES`` that begin at line
+starts, and each worker process reads its own range straight from the file, frames its lines and
+runs the very same :class:`LineScanner` on them, numbering from 1; each partial :class:`Scan` is
+shifted to its place and merged in file order, so the report is the one-core pass's. Two offsets
+go to a worker and only the compact findings come back: no line crosses a pipe, and the calling
+process is free to read and hash the whole file (the run's identity) at the same time.
+
+A range ends where the next begins: at the first line start at least ``BLOCK_BYTES`` after its
+own start. A line longer than that, even one longer than ``max_line_bytes``, so lies whole in one
+range, where ``iter_lines`` skips it chunk by chunk and reports it in its place. Finding the cuts
+reads a few bytes at each, in order, so a file without newlines is read once, not once per block.
 
 The workers are forked before the read-ahead thread starts, so they inherit the options, the
 tokenizer and Python's hash secret (the duplicate checks compare per-process ``hash()``
-digests). At most two blocks per worker are in flight, which bounds memory. The first block is
-checked in the calling process: only the first line can show that a file is not JSON Lines at
-all, and then nothing is sent anywhere. A line longer than ``max_line_bytes`` without a newline
-in sight is skipped here, as ``iter_lines`` would, and reported in its place.
+digests). The first ranges are checked in the calling process until the first non-blank line has
+been seen: only it can show that a file is not JSON Lines at all, and then nothing is sent anywhere.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
-from collections import deque
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from multiprocessing.pool import AsyncResult, Pool
+from multiprocessing.pool import Pool
+from pathlib import Path
 
 from shared.validation.lines import iter_lines
 from shared.validation.options import ValidationOptions
+from shared.validation.reading import CHUNK_SIZE
 from shared.validation.report import IssueLog, Sample
 from shared.validation.scan import LineScanner, Scan
 from shared.validation.tokens import ContentCounter
 
-BLOCK_BYTES = 2 * 1024 * 1024
-Part = tuple[Scan, int]  # a block's findings, numbered from 1, and how many lines it had
+BLOCK_BYTES = 4 * 1024 * 1024
+_FIND_BYTES = 64 * 1024  # read this much at a time when looking for the newline before a cut
 
 _worker: tuple[ValidationOptions, ContentCounter | None] | None = None  # set in each forked worker
 
@@ -40,97 +47,105 @@ def start_workers(options: ValidationOptions, counter: ContentCounter | None, wo
     return multiprocessing.get_context("fork").Pool(workers, initializer=_init, initargs=(options, counter))
 
 
-def scan_parallel(
-    chunks: Iterable[bytes], options: ValidationOptions, counter: ContentCounter | None, pool: Pool, workers: int
+def scan_file(
+    path: Path,
+    size: int,
+    options: ValidationOptions,
+    counter: ContentCounter | None,
+    pool: Pool,
+    *,
+    progress: Callable[[int], None] | None = None,
 ) -> Scan:
-    """Check every line of ``chunks``: the blocks up to the first non-blank line here, the rest in ``pool``."""
-    head = LineScanner(options, counter, at_start=True)
-    result = head.result
-    pending: deque[AsyncResult[Part]] = deque()
-    done = 0  # lines before the next block
+    """Check every line of the first ``size`` bytes of ``path``: the first ranges here, the rest in ``pool``.
 
-    def merge_next() -> None:
-        nonlocal done
-        part, count = pending.popleft().get()
-        _merge(result, part, done, options)
-        done += count
-
-    for block in _blocks(chunks, options.max_line_bytes):
-        if isinstance(block, int):  # a skipped line: its number is known once every earlier block is back
-            while pending:
-                merge_next()
-            done += 1
-            head.too_long(done, block)
-        elif head.at_start:  # the first non-blank line decides whether this is JSON Lines at all
-            if not head.feed(_shifted(block, done, head, options)):
+    ``progress`` is told how many bytes have been checked, in file order, after each range.
+    """
+    with path.open("rb") as file:
+        cuts = _cuts(file.fileno(), size, BLOCK_BYTES)
+        ranges = list(itertools.pairwise(cuts))
+        head = LineScanner(options, counter, at_start=True)
+        result = head.result
+        taken = 0
+        while taken < len(ranges) and head.at_start:  # the first non-blank line decides: JSON Lines at all?
+            start, end = ranges[taken]
+            if not head.feed(_shifted(_read(file.fileno(), start, end), result.lines, head, options, start == 0)):
                 return result
-            done += _line_count(block)
-        else:
-            pending.append(pool.apply_async(_scan_block, (block,)))
-            if len(pending) >= 2 * workers:
-                merge_next()
-    while pending:
-        merge_next()
+            taken += 1
+            if progress is not None:
+                progress(end)
+    tasks = [(str(path), start, end) for start, end in ranges[taken:]]
+    for (_, _, end), part in zip(tasks, pool.imap(_scan_range, tasks), strict=True):
+        _merge(result, part, result.lines, options)
+        if progress is not None:
+            progress(end)
     return result
 
 
-def _shifted(block: bytes, offset: int, head: LineScanner, options: ValidationOptions) -> Iterator[tuple[int, bytes]]:
-    """The block's lines numbered after the ``offset`` lines before it, too-long ones reported to ``head``."""
+def _cuts(fd: int, size: int, block: int) -> list[int]:
+    """Range boundaries: 0, then the first line start at least ``block`` bytes after the previous, then ``size``."""
+    cuts = [0]
+    while cuts[-1] + block < size:
+        cut = _line_start(fd, cuts[-1] + block, size)
+        if cut >= size:
+            break
+        cuts.append(cut)
+    cuts.append(size)
+    return cuts
+
+
+def _line_start(fd: int, offset: int, size: int) -> int:
+    """The first offset at or after ``offset`` where a line begins (just after a newline), or ``size``."""
+    at = offset - 1  # the byte before ``offset`` may be the newline that makes it a line start
+    while at < size:
+        piece = os.pread(fd, min(_FIND_BYTES, size - at), at)
+        if not piece:
+            break
+        newline = piece.find(b"\n")
+        if newline >= 0:
+            return at + newline + 1
+        at += len(piece)
+    return size
+
+
+def _read(fd: int, start: int, end: int) -> Iterator[bytes]:
+    """The bytes from ``start`` to ``end``, in chunks, without moving the file's position."""
+    while start < end:
+        chunk = os.pread(fd, min(CHUNK_SIZE, end - start), start)
+        if not chunk:  # the file shrank under us: check what there is
+            return
+        start += len(chunk)
+        yield chunk
+
+
+def _shifted(
+    chunks: Iterator[bytes], offset: int, head: LineScanner, options: ValidationOptions, file_start: bool
+) -> Iterator[tuple[int, bytes]]:
+    """The lines of ``chunks`` numbered after the ``offset`` lines before them, too-long ones reported to ``head``."""
     lines = iter_lines(
-        [block],
+        chunks,
         max_line_bytes=options.max_line_bytes,
         on_too_long=lambda number, size: head.too_long(number + offset, size),
-        file_start=offset == 0,
+        file_start=file_start,
     )
     for number, raw in lines:
         yield number + offset, raw
 
 
-def _blocks(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[bytes | int]:
-    """Blocks of whole lines, ~BLOCK_BYTES each; the size of a line too long to keep, in its place."""
-    parts: list[bytes] = []
-    size = 0
-    skipping = 0  # bytes of a too-long line skipped so far, 0 when not skipping
-    for chunk in chunks:
-        rest = chunk
-        if skipping:
-            newline = chunk.find(b"\n")
-            if newline < 0:
-                skipping += len(chunk)
-                continue
-            yield skipping + newline
-            skipping, rest = 0, chunk[newline + 1 :]
-        parts.append(rest)
-        size += len(rest)
-        if size < BLOCK_BYTES:
-            continue
-        data = b"".join(parts)
-        cut = data.rfind(b"\n") + 1
-        if cut:
-            yield data[:cut]
-            data = data[cut:]
-        if len(data) > max_line_bytes:  # no newline for longer than any line may be: skip the rest of it
-            skipping, data = len(data), b""
-        parts, size = [data] if data else [], len(data)
-    if skipping:
-        yield skipping
-    elif size:
-        yield b"".join(parts)
-
-
-def _line_count(block: bytes) -> int:
-    return block.count(b"\n") + (not block.endswith(b"\n"))
-
-
-def _scan_block(block: bytes) -> Part:
+def _scan_range(task: tuple[str, int, int]) -> Scan:
     if _worker is None:
-        raise RuntimeError("_scan_block runs only in a worker started by start_workers")
+        raise RuntimeError("_scan_range runs only in a worker started by start_workers")
     options, counter = _worker
+    path, start, end = task
     scanner = LineScanner(options, counter, at_start=False)
-    scanner.feed(
-        iter_lines([block], max_line_bytes=options.max_line_bytes, on_too_long=scanner.too_long, file_start=False)
-    )
-    return scanner.result, _line_count(block)
+    with open(path, "rb") as file:  # noqa: PTH123 - a plain fd for pread
+        lines = iter_lines(
+            _read(file.fileno(), start, end),
+            max_line_bytes=options.max_line_bytes,
+            on_too_long=scanner.too_long,
+            file_start=start == 0,
+        )
+        scanner.feed(lines)
+    return scanner.result
 
 
 def _init(options: ValidationOptions, counter: ContentCounter | None) -> None:
@@ -139,7 +154,7 @@ def _init(options: ValidationOptions, counter: ContentCounter | None) -> None:
 
 
 def _merge(into: Scan, part: Scan, offset: int, options: ValidationOptions) -> None:
-    """Add a later block's findings, its line numbers moved by ``offset``, as if one scanner read on."""
+    """Add a later range's findings, its line numbers moved by ``offset``, as if one scanner read on."""
     _merge_log(into.log, part.log, offset)
     into.records.extend(part.records, line_offset=offset)
     room = max(options.keep_examples - len(into.samples), 0)

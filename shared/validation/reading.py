@@ -18,7 +18,7 @@ class ReadAhead:
     parsing on a second core, and a download's network waits overlap with the parsing
     too. The queue holds at most ``depth`` chunks, which bounds memory. ``size`` and
     ``sha256`` cover exactly the chunks taken from the source and are final once the
-    iteration has ended or :meth:`close` has returned.
+    iteration has ended or :meth:`close` or :meth:`finish` has returned.
     """
 
     def __init__(self, chunks: Iterable[bytes], depth: int = 4) -> None:
@@ -26,6 +26,8 @@ class ReadAhead:
         self.size = 0
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)  # None: the end
         self._stop = threading.Event()
+        self._skip = threading.Event()  # hash on to the end, handing nothing over
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._produce, args=(chunks,), name="validation-read", daemon=True)
         self._thread.start()
 
@@ -36,8 +38,10 @@ class ReadAhead:
                     return
                 self.sha256.update(chunk)
                 self.size += len(chunk)
-                self._queue.put(chunk)
+                if not self._skip.is_set():
+                    self._queue.put(chunk)
         except BaseException as error:  # re-raised in the consuming thread, where the caller sees it
+            self._error = error
             self._queue.put(error)
             return
         self._queue.put(None)
@@ -50,6 +54,19 @@ class ReadAhead:
                 yield item
         finally:
             self.close()
+
+    def finish(self) -> None:
+        """Read and hash the rest of the source without handing it over (the lines were read elsewhere).
+
+        Returns once ``size`` and ``sha256`` cover the whole source; re-raises a read error.
+        """
+        self._skip.set()
+        while self._thread.is_alive():
+            with suppress(queue.Empty):
+                self._queue.get_nowait()  # unblocks a put that was waiting for room
+            self._thread.join(timeout=0.01)
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
         """Stop reading (validation may stop early) and wait for the helper thread."""
