@@ -42,36 +42,42 @@ class ReadAhead:
                     self._queue.put(chunk)
         except BaseException as error:  # re-raised in the consuming thread, where the caller sees it
             self._error = error
-            self._queue.put(error)
+            if not self._skip.is_set():
+                self._queue.put(error)
             return
-        self._queue.put(None)
+        if not self._skip.is_set():
+            self._queue.put(None)
 
     def __iter__(self) -> Iterator[bytes]:
-        try:
-            while (item := self._queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            self.close()
+        """The chunks in order; whoever stops early calls :meth:`close` (or :meth:`skip_rest`)."""
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def skip_rest(self) -> None:
+        """Hand nothing more over, but read and hash on to the end (the lines are read elsewhere)."""
+        self._skip.set()
+        self._drain()
 
     def finish(self) -> None:
-        """Read and hash the rest of the source without handing it over (the lines were read elsewhere).
-
-        Returns once ``size`` and ``sha256`` cover the whole source; re-raises a read error.
-        """
-        self._skip.set()
+        """Wait until ``size`` and ``sha256`` cover the whole source, after :meth:`skip_rest`; re-raise a read error."""
+        if self._stop.is_set():
+            raise RuntimeError("finish() after close(): the hash would cover only part of the source")
         while self._thread.is_alive():
-            with suppress(queue.Empty):
-                self._queue.get_nowait()  # unblocks a put that was waiting for room
+            self._drain()  # unblocks a put that was waiting for room before the skip
             self._thread.join(timeout=0.01)
         if self._error is not None:
             raise self._error
+
+    def _drain(self) -> None:
+        with suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
 
     def close(self) -> None:
         """Stop reading (validation may stop early) and wait for the helper thread."""
         self._stop.set()
         while self._thread.is_alive():
-            with suppress(queue.Empty):
-                self._queue.get_nowait()  # unblocks a put waiting for room
+            self._drain()  # unblocks a put waiting for room
             self._thread.join(timeout=0.01)

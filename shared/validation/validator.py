@@ -56,6 +56,7 @@ def validate_path(
         pool = start_workers(options, counter, workers)  # forked before any thread
 
         def scan_rest(_: Iterator[bytes], reader: ReadAhead) -> Scan:
+            reader.skip_rest()  # hashing goes on beside the workers
             result = scan_file(path, size, options, counter, pool, progress=progress)
             if result.complete:
                 reader.finish()  # the identity covers the whole file, as the one-core pass's does
