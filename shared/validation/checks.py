@@ -86,7 +86,9 @@ class ExampleChecker:
 
         counter = self.counter
         contents: list[str] = []  # exact counting only: tokenized in one batch per example
-        scan_reserved = b"|" in raw  # every "<|" has a "|", even when "<" is JSON-escaped
+        # Every "<|" has a "|", even where "<" is JSON-escaped: writers escape "<" (System.Text.Json), never "|".
+        # Searching each line for an escaped pipe too would cost 7.6% of the per-line work (callgrind).
+        scan_reserved = b"|" in raw
         tokens = EXAMPLE_OVERHEAD + MESSAGE_OVERHEAD * len(messages)
         key: list[object] = []  # roles and contents, hashed to find duplicate conversations
         expected = "user"
