@@ -84,8 +84,9 @@ def validate_chunks(
     """
     counter = load_counter(options.tokenizer)  # before reading: a bad tokenizer fails fast
     return _validate(
-        _reported(chunks, progress),
+        chunks,
         options,
+        progress=progress,
         source=source,
         exact=counter is not None,
         scan_rest=lambda stream, _: scan(stream, options, counter),
@@ -93,12 +94,21 @@ def validate_chunks(
 
 
 def _validate(
-    chunks: Iterable[bytes], options: ValidationOptions, *, source: str, exact: bool, scan_rest: ScanRest
+    chunks: Iterable[bytes],
+    options: ValidationOptions,
+    *,
+    source: str,
+    exact: bool,
+    scan_rest: ScanRest,
+    progress: Progress | None = None,
 ) -> Report:
-    """Read and hash ``chunks`` ahead, sniff their head, and let ``scan_rest`` check the lines."""
+    """Read and hash ``chunks`` ahead, sniff their head, and let ``scan_rest`` check the lines.
+
+    ``progress`` hears of the chunks as this thread takes them, not as the read-ahead thread reads them.
+    """
     reader = ReadAhead(chunks)
     try:
-        head, stream = _peek(iter(reader), SNIFF_BYTES)
+        head, stream = _peek(_reported(reader, progress), SNIFF_BYTES)
         finding = sniff(head[:SNIFF_BYTES])
         if finding and finding.fatal:  # not JSON Lines text at all: reading on would add nothing
             result = Scan(IssueLog(options.samples_per_code), complete=False)
