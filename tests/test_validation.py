@@ -8,6 +8,7 @@ they build their data with the helpers here.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -244,6 +245,22 @@ def test_different_roles_are_not_duplicates(tmp_path: Path) -> None:
     swapped = [{"role": m["role"], "content": m["content"]} for m in conversation(2)]
     swapped[0]["role"] = "system"  # same texts, another role: a different conversation
     report = check(tmp_path, rows_with({5: row(5, messages=swapped)}))
+    assert "example.duplicate" not in report.counts
+
+
+def test_duplicates_are_found_by_content_whatever_its_script_or_escaping(tmp_path: Path) -> None:
+    # ASCII contents are digested by XXH3 of their bytes, the others by hash() of the str: both must agree
+    # on equal texts however they were written, and tell apart texts one accent apart.
+    plain = [{"role": "user", "content": "tab\there"}, {"role": "assistant", "content": "plain"}]
+    accented = [{"role": "user", "content": "café"}, {"role": "assistant", "content": "日本語"}]
+    near = [{"role": "user", "content": "cafe"}, {"role": "assistant", "content": "日本語"}]
+    escaped = {16: json.dumps(row(16, messages=plain)), 17: json.dumps(row(17, messages=accented))}  # \u escapes
+    report = check(tmp_path, rows_with({13: row(13, messages=plain), 14: row(14, messages=accented)} | escaped))
+    assert [(i.line, i.message) for i in report.warnings if i.code == "example.duplicate"] == [
+        (16, "same conversation as line 13"),
+        (17, "same conversation as line 14"),
+    ]
+    report = check(tmp_path, rows_with({14: row(14, messages=accented), 15: row(15, messages=near)}))
     assert "example.duplicate" not in report.counts
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from xxhash import xxh3_64_intdigest
+
 from shared.validation.codes import (
     CONTENT_RESERVED_TOKEN,
     CONVERSATION_LAST_NOT_ASSISTANT,
@@ -147,7 +149,10 @@ class ExampleChecker:
             if scan_reserved and "<|" in content:
                 self._reserved_tokens(number, index, content)
             key.append(role)  # a valid role or None: always hashable
-            key.append(content)
+            # hash() of a str is SipHash over its code units, the biggest single cost of the checks
+            # (27%, callgrind); an ASCII str encodes with one memcpy and XXH3 is ~20x faster.
+            # Equal contents are equally ASCII, so they always take the same branch.
+            key.append(xxh3_64_intdigest(content.encode()) if content.isascii() else content)
 
         if assistant_turns == 0:
             log.add(CONVERSATION_NO_ASSISTANT, number, "no assistant message: there is nothing to learn from")

@@ -6,9 +6,9 @@ token count 4, conversation digest 8, prompt_id digest 8), so a gigabyte of ultr
 (~90k examples) needs about 2 MB, and a million short examples 24 MB. Message and
 assistant-turn counts are small integers, kept as histograms.
 
-Digests are Python's ``hash()`` of the roles and contents: the cheapest 64-bit hash there
-is for strings that are already in memory. It is salted per process, so digests are only
-compared within one validation run, never stored.
+A conversation's digest is Python's ``hash()`` of its roles and contents, each ASCII content
+standing in as the XXH3 of its bytes (see the checks): 64 bits, salted per process, so digests
+are only compared within one validation run, never stored.
 """
 
 from __future__ import annotations
