@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared.validation import ValidationOptions, parallel, validate_path, validator
+from shared.validation.records import ExampleRecords
 from tests.test_validation import POSITIVE, encode, row, write
 
 
@@ -115,3 +116,15 @@ def test_big_files_use_the_cores_and_small_ones_do_not(tmp_path: Path, monkeypat
     monkeypatch.setattr(validator, "PARALLEL_FROM_BYTES", 1)
     validate_path(path, ValidationOptions())
     assert used == [2]
+
+
+def test_merged_line_numbers_are_shifted_and_clamped() -> None:
+    part = ExampleRecords()
+    for line in (1, 2, 5):
+        part.add(line, 10, 2, 1, conversation=line, prompt_id=line)
+    merged = ExampleRecords()
+    merged.extend(part, line_offset=100)
+    assert list(merged.lines) == [101, 102, 105]
+    merged.extend(part, line_offset=2**32 - 3)  # past four billion lines: clamped, not an OverflowError
+    assert list(merged.lines)[3:] == [2**32 - 2, 2**32 - 1, 2**32 - 1]
+    assert list(merged.conversations) == [1, 2, 5, 1, 2, 5]
