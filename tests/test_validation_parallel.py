@@ -58,15 +58,17 @@ def test_ranges_cut_only_at_line_starts_and_cover_the_file(tmp_path: Path, seed:
     path = tmp_path / "data.bin"
     path.write_bytes(data)
     block = rng.randrange(1, 200)
+    first = rng.choice([None, rng.randrange(1, 200)])  # the short head range the calling process checks
     with path.open("rb") as file:
-        cuts = parallel._cuts(file.fileno(), len(data), block)
+        cuts = parallel._cuts(file.fileno(), len(data), block, first=first)
     assert cuts[0] == 0
     assert cuts[-1] == len(data)
     assert cuts == sorted(set(cuts))
     assert all(data[cut - 1] == ord("\n") for cut in cuts[1:-1])
-    for start, end in itertools.pairwise(cuts[:-1]):  # each range ends at the first line start a block on
-        assert end - start >= block
-        assert b"\n" not in data[start + block - 1 : end - 1]
+    for index, (start, end) in enumerate(itertools.pairwise(cuts[:-1])):  # each ends at the first line start a block on
+        step = first if index == 0 and first is not None else block
+        assert end - start >= step
+        assert b"\n" not in data[start + step - 1 : end - 1]
 
 
 def test_a_file_without_newlines_is_one_range(tmp_path: Path) -> None:

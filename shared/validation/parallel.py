@@ -37,6 +37,8 @@ from shared.validation.scan import LineScanner, Scan
 from shared.validation.tokens import ContentCounter
 
 BLOCK_BYTES = 4 * 1024 * 1024
+# The first range is checked here, before any task is sent, while the workers wait: keep it short.
+HEAD_BYTES = 64 * 1024
 _FIND_BYTES = 64 * 1024  # read this much at a time when looking for the newline before a cut
 
 _worker: tuple[ValidationOptions, ContentCounter | None] | None = None  # set in each forked worker
@@ -61,7 +63,7 @@ def scan_file(
     ``progress`` is told how many bytes have been checked, in file order, after each range.
     """
     with path.open("rb") as file:
-        cuts = _cuts(file.fileno(), size, BLOCK_BYTES)
+        cuts = _cuts(file.fileno(), size, BLOCK_BYTES, first=min(HEAD_BYTES, BLOCK_BYTES))
         ranges = list(itertools.pairwise(cuts))
         head = LineScanner(options, counter, at_start=True)
         result = head.result
@@ -81,11 +83,16 @@ def scan_file(
     return result
 
 
-def _cuts(fd: int, size: int, block: int) -> list[int]:
-    """Range boundaries: 0, then the first line start at least ``block`` bytes after the previous, then ``size``."""
+def _cuts(fd: int, size: int, block: int, *, first: int | None = None) -> list[int]:
+    """Range boundaries: 0, then the first line start at least ``block`` bytes after the previous, then ``size``.
+
+    ``first``: the first range's ``block``, if it differs.
+    """
     cuts = [0]
-    while cuts[-1] + block < size:
-        cut = _line_start(fd, cuts[-1] + block, size)
+    step = block if first is None else first
+    while cuts[-1] + step < size:
+        cut = _line_start(fd, cuts[-1] + step, size)
+        step = block
         if cut >= size:
             break
         cuts.append(cut)
