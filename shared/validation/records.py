@@ -13,6 +13,7 @@ are only compared within one validation run, never stored.
 
 from __future__ import annotations
 
+import itertools
 from array import array
 from collections import Counter
 
@@ -46,13 +47,11 @@ class ExampleRecords:
 
     def extend(self, other: ExampleRecords, line_offset: int = 0) -> None:
         """Append ``other``'s examples (a later part of the same file, numbered from ``line_offset`` + 1)."""
-        lines = other.lines
-        if not lines or max(lines) + line_offset <= _U32:  # always, short of four billion lines
-            # map() with a bound add stays in C: a generator with min() per line cost the merging
-            # process 0.2 s per GB, a tenth of all it does.
-            self.lines.extend(array("I", map(line_offset.__add__, lines)))
-        else:
-            self.lines.extend(array("I", (min(line + line_offset, _U32) for line in lines)))
+        # map() stays in C: a generator with min() per line cost the merging process 0.2 s per GB.
+        shifted = map(line_offset.__add__, other.lines)
+        if other.lines and max(other.lines) + line_offset > _U32:  # past four billion lines: clamp
+            shifted = map(min, shifted, itertools.repeat(_U32))
+        self.lines.extend(array("I", shifted))
         self.tokens.extend(other.tokens)
         self.conversations.extend(other.conversations)
         self.prompt_ids.extend(other.prompt_ids)
