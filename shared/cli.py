@@ -117,8 +117,11 @@ def _validate(args: argparse.Namespace) -> int:
         for name in ("max_seq_length", "tokenizer", "min_examples_warning", "epochs")
         if (value := getattr(args, name)) is not None
     }
+
+    def options() -> ValidationOptions:  # called once a big file's workers are forked and its hashing runs
+        return ValidationOptions.from_settings(load_settings(), keep_examples=args.show, **overrides)
+
     try:
-        options = ValidationOptions.from_settings(load_settings(), keep_examples=args.show, **overrides)
         with _progress_bar(path) as progress:
             report = validate_path(path, options, progress=progress)
     except ValueError as error:  # unusable options, e.g. a tokenizer that cannot be loaded

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.validation.validator import PARALLEL_FROM_BYTES
 from tests.cli_process import run_cli as run
 from tests.test_validation import BASE, row, rows_with, write
 
@@ -101,7 +102,12 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], need
     assert_usage_error(run(tmp_path, *args), needle)
 
 
-def test_bad_settings_exit_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize("big", [False, True], ids=["one core", "many cores"])
+def test_bad_settings_exit_2(tmp_path: Path, big: bool) -> None:
+    """On a big file the settings are read once the workers run and hashing has begun: the same one line."""
     path = write(tmp_path, rows_with({}))
+    if big:
+        with path.open("ab") as file:
+            file.write(b"\n" * PARALLEL_FROM_BYTES)
     result = run(tmp_path, "validate", str(path), FTPILOT_MAX_SEQ_LENGTH="lots")
     assert_usage_error(result, "bad settings: FTPILOT_MAX_SEQ_LENGTH")

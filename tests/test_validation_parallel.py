@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -118,6 +120,33 @@ def test_big_files_use_the_cores_and_small_ones_do_not(tmp_path: Path, monkeypat
     monkeypatch.setattr(validator, "PARALLEL_FROM_BYTES", 1)
     validate_path(path, ValidationOptions())
     assert used == [2]
+
+
+def test_options_are_read_once_the_workers_exist_and_the_hashing_runs(tmp_path: Path) -> None:
+    """What the options cost to find (the CLI reads the settings) overlaps the hashing on a big file."""
+    path = write(tmp_path, [row(i) for i in range(30)])
+    seen: list[tuple[set[str], int]] = []
+
+    def options() -> ValidationOptions:
+        seen.append(({thread.name for thread in threading.enumerate()}, len(multiprocessing.active_children())))
+        return ValidationOptions(max_seq_length=30)
+
+    report = validate_path(path, options, workers=2)
+    assert len(seen) == 1
+    threads, children = seen[0]
+    assert "validation-read" in threads
+    assert children == 2  # forked before the options were asked for
+    assert report.to_dict() == validate_path(path, ValidationOptions(max_seq_length=30), workers=1).to_dict()
+    assert report.counts["tokens.too_long"] == 30  # the options that were read are the ones checked against
+
+
+def test_a_file_that_is_not_text_at_all_forks_no_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel, "start_workers", lambda workers: pytest.fail("forked for a gzip file"))
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 100)
+    report = validate_path(path, ValidationOptions(), workers=2)
+    assert report.counts == {"file.binary": 1}
+    assert not report.complete
 
 
 def test_merged_line_numbers_are_shifted_and_clamped() -> None:

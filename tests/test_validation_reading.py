@@ -19,12 +19,9 @@ def test_the_hash_covers_every_chunk_handed_over() -> None:
     assert reader.size == 50_000
 
 
-def test_after_skip_rest_it_hashes_to_the_end_without_anyone_taking_chunks() -> None:
-    reader = ReadAhead(CHUNKS, depth=2)
-    head = next(iter(reader))
-    reader.skip_rest()  # the queue is full and nobody reads it: the thread must not block
+def test_a_reader_that_hands_nothing_over_hashes_to_the_end() -> None:
+    reader = ReadAhead(CHUNKS, depth=2, hand_over=False)  # many more chunks than the queue holds: never blocks
     reader.finish()
-    assert head == CHUNKS[0]
     assert reader.size == 50_000
     assert reader.sha256.hexdigest() == hashlib.sha256(b"".join(CHUNKS)).hexdigest()
 
@@ -34,8 +31,7 @@ def test_finish_reraises_a_read_error() -> None:
         yield from CHUNKS[:10]
         raise OSError("disk gone")
 
-    reader = ReadAhead(failing(), depth=2)
-    reader.skip_rest()
+    reader = ReadAhead(failing(), depth=2, hand_over=False)
     with pytest.raises(OSError, match="disk gone"):
         reader.finish()
     assert reader.size == 10_000
@@ -49,7 +45,16 @@ def test_close_stops_reading_early() -> None:
 
 
 def test_finish_after_close_refuses_to_pass_off_a_partial_hash() -> None:
-    reader = ReadAhead(iter(CHUNKS), depth=2)
+    reader = ReadAhead(iter(CHUNKS), depth=2, hand_over=False)
     reader.close()
     with pytest.raises(RuntimeError, match="only part"):
         reader.finish()
+
+
+def test_a_hashing_only_reader_cannot_be_iterated_and_a_handing_one_cannot_be_finished() -> None:
+    with pytest.raises(RuntimeError, match="hands no chunks"):
+        next(iter(ReadAhead(CHUNKS, hand_over=False)))
+    reader = ReadAhead(CHUNKS, depth=2)
+    with pytest.raises(RuntimeError, match="iterate this one"):
+        reader.finish()
+    reader.close()

@@ -13,14 +13,17 @@ own start. A line longer than that, even one longer than ``max_line_bytes``, so 
 range, where ``iter_lines`` skips it chunk by chunk and reports it in its place. Finding the cuts
 reads a few bytes at each, in order, so a file without newlines is read once, not once per block.
 
-The workers are forked before the read-ahead thread starts, so they inherit the options, the
-tokenizer and Python's hash secret (the duplicate checks compare per-process ``hash()``
-digests). The first ranges are checked in the calling process until the first non-blank line has
-been seen: only it can show that a file is not JSON Lines at all, and then nothing is sent anywhere.
+The workers are forked first, before the read-ahead thread starts and before the options are
+known (the calling process reads the settings while the file is hashed), so they inherit Python's
+hash secret (the duplicate checks compare per-process ``hash()`` digests) and get the options
+with each range; a worker loads the tokenizer, if any, on its first range. The first ranges are
+checked in the calling process until the first non-blank line has been seen: only it can show that
+a file is not JSON Lines at all, and then nothing is sent anywhere.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import multiprocessing
 import os
@@ -34,19 +37,19 @@ from shared.validation.options import ValidationOptions
 from shared.validation.reading import CHUNK_SIZE
 from shared.validation.report import IssueLog, Sample
 from shared.validation.scan import LineScanner, Scan
-from shared.validation.tokens import ContentCounter
+from shared.validation.tokens import ContentCounter, load_counter
 
 BLOCK_BYTES = 4 * 1024 * 1024
 # The first range is checked here, before any task is sent, while the workers wait: keep it short.
 HEAD_BYTES = 64 * 1024
 _FIND_BYTES = 64 * 1024  # read this much at a time when looking for the newline before a cut
 
-_worker: tuple[ValidationOptions, ContentCounter | None] | None = None  # set in each forked worker
+Task = tuple[str, int, int, ValidationOptions]  # path, start, end, options
 
 
-def start_workers(options: ValidationOptions, counter: ContentCounter | None, workers: int) -> Pool:
+def start_workers(workers: int) -> Pool:
     """Fork the workers now, before any thread exists in this process."""
-    return multiprocessing.get_context("fork").Pool(workers, initializer=_init, initargs=(options, counter))
+    return multiprocessing.get_context("fork").Pool(workers)
 
 
 def scan_file(
@@ -75,8 +78,8 @@ def scan_file(
             taken += 1
             if progress is not None:
                 progress(end)
-    tasks = [(str(path), start, end) for start, end in ranges[taken:]]
-    for (_, _, end), part in zip(tasks, pool.imap(_scan_range, tasks), strict=True):
+    tasks: list[Task] = [(str(path), start, end, options) for start, end in ranges[taken:]]
+    for (_, _, end, _), part in zip(tasks, pool.imap(_scan_range, tasks), strict=True):
         _merge(result, part, result.lines, options)
         if progress is not None:
             progress(end)
@@ -138,12 +141,9 @@ def _shifted(
         yield number + offset, raw
 
 
-def _scan_range(task: tuple[str, int, int]) -> Scan:
-    if _worker is None:
-        raise RuntimeError("_scan_range runs only in a worker started by start_workers")
-    options, counter = _worker
-    path, start, end = task
-    scanner = LineScanner(options, counter, at_start=False)
+def _scan_range(task: Task) -> Scan:
+    path, start, end, options = task
+    scanner = LineScanner(options, _counter(options.tokenizer), at_start=False)
     with open(path, "rb") as file:  # noqa: PTH123 - a plain fd for pread
         lines = iter_lines(
             _read(file.fileno(), start, end),
@@ -155,9 +155,10 @@ def _scan_range(task: tuple[str, int, int]) -> Scan:
     return scanner.result
 
 
-def _init(options: ValidationOptions, counter: ContentCounter | None) -> None:
-    global _worker  # noqa: PLW0603 - one per worker process
-    _worker = (options, counter)
+@functools.cache
+def _counter(tokenizer: str | None) -> ContentCounter | None:
+    """A worker's tokenizer, loaded on its first range (the calling process has checked that it loads)."""
+    return load_counter(tokenizer)
 
 
 def _merge(into: Scan, part: Scan, offset: int, options: ValidationOptions) -> None:

@@ -18,15 +18,18 @@ class ReadAhead:
     parsing on a second core, and a download's network waits overlap with the parsing
     too. The queue holds at most ``depth`` chunks, which bounds memory. ``size`` and
     ``sha256`` cover exactly the chunks taken from the source and are final once the
-    iteration has ended or :meth:`close` or :meth:`finish` has returned.
+    iteration has ended or :meth:`close` or :meth:`finish` has returned. A reader made with
+    ``hand_over=False`` only reads and hashes, for the many-core pass, whose workers read the
+    lines themselves.
     """
 
-    def __init__(self, chunks: Iterable[bytes], depth: int = 4) -> None:
+    def __init__(self, chunks: Iterable[bytes], depth: int = 4, *, hand_over: bool = True) -> None:
+        """``hand_over=False``: only read and hash, handing nothing over (the lines are read elsewhere)."""
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self._hand_over = hand_over
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)  # None: the end
         self._stop = threading.Event()
-        self._skip = threading.Event()  # hash on to the end, handing nothing over
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._produce, args=(chunks,), name="validation-read", daemon=True)
         self._thread.start()
@@ -38,35 +41,32 @@ class ReadAhead:
                     return
                 self.sha256.update(chunk)
                 self.size += len(chunk)
-                if not self._skip.is_set():
+                if self._hand_over:
                     self._queue.put(chunk)
         except BaseException as error:  # re-raised in the consuming thread, where the caller sees it
             self._error = error
-            if not self._skip.is_set():
+            if self._hand_over:
                 self._queue.put(error)
             return
-        if not self._skip.is_set():
+        if self._hand_over:
             self._queue.put(None)
 
     def __iter__(self) -> Iterator[bytes]:
-        """The chunks in order; whoever stops early calls :meth:`close` (or :meth:`skip_rest`)."""
+        """The chunks in order; whoever stops early calls :meth:`close`."""
+        if not self._hand_over:
+            raise RuntimeError("this ReadAhead only hashes: it hands no chunks over")
         while (item := self._queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             yield item
 
-    def skip_rest(self) -> None:
-        """Hand nothing more over, but read and hash on to the end (the lines are read elsewhere)."""
-        self._skip.set()
-        self._drain()
-
     def finish(self) -> None:
-        """Wait until ``size`` and ``sha256`` cover the whole source, after :meth:`skip_rest`; re-raise a read error."""
+        """Wait until ``size`` and ``sha256`` cover the whole source (``hand_over=False``); re-raise a read error."""
+        if self._hand_over:
+            raise RuntimeError("finish() waits for a reader that hands nothing over; iterate this one instead")
         if self._stop.is_set():
             raise RuntimeError("finish() after close(): the hash would cover only part of the source")
-        while self._thread.is_alive():
-            self._drain()  # unblocks a put that was waiting for room before the skip
-            self._thread.join(timeout=0.01)
+        self._thread.join()
         if self._error is not None:
             raise self._error
 

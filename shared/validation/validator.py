@@ -8,6 +8,7 @@ encodings; every line is parsed once with orjson and checked; whole-file checks
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +20,6 @@ from shared.validation.reading import CHUNK_SIZE, ReadAhead
 from shared.validation.report import IssueLog, Report
 from shared.validation.scan import Scan, scan
 from shared.validation.sniff import SNIFF_BYTES, Finding, sniff
-from shared.validation.stats import duplicate_conversations, duplicate_prompt_ids, summarize
 from shared.validation.tokens import load_counter
 
 # OpenAI and Azure OpenAI refuse training files with fewer examples than this.
@@ -30,16 +30,19 @@ PARALLEL_FROM_BYTES = 64 * 1024 * 1024
 MAX_WORKERS = 4
 
 Progress = Callable[[int], None]
-ScanRest = Callable[[Iterator[bytes], ReadAhead], Scan]
+# The options, or a function that returns them (the CLI's reads the app settings, ~0.25 s of imports).
+OptionsSource = ValidationOptions | Callable[[], ValidationOptions]
 
 
 def validate_path(
-    path: str | Path, options: ValidationOptions, *, progress: Progress | None = None, workers: int | None = None
+    path: str | Path, options: OptionsSource, *, progress: Progress | None = None, workers: int | None = None
 ) -> Report:
     """Validate a local file, streamed in 1 MiB chunks; big files on every core (up to ``MAX_WORKERS``).
 
     With more than one worker, the workers read the lines from the file themselves while this
     process reads it once more to hash it: the same report as one core's, in less wall time.
+    The workers are forked and the hashing starts before ``options`` is called, so whatever it
+    does (reading settings) runs beside the hashing, not before it while a core idles.
     """
     path = Path(path)
     with path.open("rb") as file:
@@ -47,26 +50,39 @@ def validate_path(
         if workers is None:
             workers = min(MAX_WORKERS, os.cpu_count() or 1) if size >= PARALLEL_FROM_BYTES else 1
         chunks = iter(lambda: file.read(CHUNK_SIZE), b"")
-        if workers == 1:
-            return validate_chunks(chunks, options, source=str(path), progress=progress)
+        finding = sniff(os.pread(file.fileno(), SNIFF_BYTES, 0)) if workers > 1 else None
+        if workers == 1 or (finding and finding.fatal):  # not JSON Lines text at all: a few kilobytes tell
+            return validate_chunks(chunks, _chosen(options), source=str(path), progress=progress)
         # Imported here: the blob function validates on one core and need not load multiprocessing.
         from shared.validation.parallel import scan_file, start_workers
 
-        counter = load_counter(options.tokenizer)  # before forking: a bad tokenizer fails fast
-        pool = start_workers(options, counter, workers)  # forked before any thread
-
-        def scan_rest(_: Iterator[bytes], reader: ReadAhead) -> Scan:
-            reader.skip_rest()  # hashing goes on beside the workers
-            result = scan_file(path, size, options, counter, pool, progress=progress)
-            if result.complete:
-                reader.finish()  # the identity covers the whole file, as the one-core pass's does
-            return result
-
+        pool = start_workers(workers)  # forked before the read-ahead thread, this process's first
+        reader = ReadAhead(chunks, hand_over=False)  # it only hashes: the workers read the lines themselves
         try:
-            return _validate(chunks, options, source=str(path), exact=counter is not None, scan_rest=scan_rest)
+            chosen = _chosen(options)
+            counter = load_counter(chosen.tokenizer)  # before any range is sent: a bad tokenizer fails fast
+            importlib.import_module("shared.validation.stats")  # numpy, 0.09 s: here it overlaps the hashing
+            result = scan_file(path, size, chosen, counter, pool, progress=progress)
+            # The identity covers the whole file, even when its first line stopped the pass: the
+            # ranges were read beside the hash, which must not cover less than was checked.
+            reader.finish()
         finally:
+            reader.close()
             pool.terminate()
             pool.join()
+    return _report(
+        result,
+        chosen,
+        exact=counter is not None,
+        source=str(path),
+        sha256=reader.sha256.hexdigest(),
+        size=reader.size,
+        finding=finding,
+    )
+
+
+def _chosen(options: OptionsSource) -> ValidationOptions:
+    return options if isinstance(options, ValidationOptions) else options()
 
 
 def validate_chunks(
@@ -78,34 +94,12 @@ def validate_chunks(
 ) -> Report:
     """Validate a dataset arriving as chunks of any size (e.g. a blob download's ``.chunks()``), on one core.
 
-    ``progress`` is called with the number of bytes consumed so far after every chunk.
+    ``progress`` is called with the number of bytes consumed so far after every chunk (as this
+    thread takes them, not as the read-ahead thread reads them).
     Raises ValueError for unusable options (a tokenizer that cannot be loaded) and whatever
     iterating ``chunks`` raises; everything about the data itself ends up in the report.
     """
     counter = load_counter(options.tokenizer)  # before reading: a bad tokenizer fails fast
-    return _validate(
-        chunks,
-        options,
-        progress=progress,
-        source=source,
-        exact=counter is not None,
-        scan_rest=lambda stream, _: scan(stream, options, counter),
-    )
-
-
-def _validate(
-    chunks: Iterable[bytes],
-    options: ValidationOptions,
-    *,
-    source: str,
-    exact: bool,
-    scan_rest: ScanRest,
-    progress: Progress | None = None,
-) -> Report:
-    """Read and hash ``chunks`` ahead, sniff their head, and let ``scan_rest`` check the lines.
-
-    ``progress`` hears of the chunks as this thread takes them, not as the read-ahead thread reads them.
-    """
     reader = ReadAhead(chunks)
     try:
         head, stream = _peek(_reported(reader, progress), SNIFF_BYTES)
@@ -113,13 +107,13 @@ def _validate(
         if finding and finding.fatal:  # not JSON Lines text at all: reading on would add nothing
             result = Scan(IssueLog(options.samples_per_code), complete=False)
         else:
-            result = scan_rest(stream, reader)
+            result = scan(stream, options, counter)
     finally:
         reader.close()  # stopped early or not, the hash now covers everything read
     return _report(
         result,
         options,
-        exact=exact,
+        exact=counter is not None,
         source=source,
         sha256=reader.sha256.hexdigest(),
         size=reader.size,
@@ -138,6 +132,8 @@ def _report(
     finding: Finding | None,
 ) -> Report:
     """Run the whole-file checks and build the report."""
+    from shared.validation.stats import summarize  # numpy: loaded only once there is something to sum up
+
     log = result.log
     if finding is not None:
         log.add(finding.code, None, finding.message)
@@ -162,6 +158,8 @@ def _report(
 
 
 def _whole_file_checks(log: IssueLog, result: Scan, options: ValidationOptions) -> None:
+    from shared.validation.stats import duplicate_conversations, duplicate_prompt_ids
+
     for line, first in duplicate_conversations(result.records):
         log.add(EXAMPLE_DUPLICATE, line, f"same conversation as line {first:,}")
     for line, first in duplicate_prompt_ids(result.records):
