@@ -14,16 +14,19 @@ from tests.test_validation import row, write
 WORDS = "alpha beta gamma delta epsilon zeta eta theta"
 
 
-@pytest.fixture
-def tokenizer_dir(tmp_path: Path) -> Path:
-    """A word-level tokenizer: one token per whitespace-separated word, so counts are known."""
+def save_word_tokenizer(folder: Path) -> Path:
+    """A word-level tokenizer in ``folder``: one token per whitespace-separated word, so counts are known."""
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.train_from_iterator([WORDS], trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
-    folder = tmp_path / "tokenizer"
     folder.mkdir()
     tokenizer.save(str(folder / "tokenizer.json"))
     return folder
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path: Path) -> Path:
+    return save_word_tokenizer(tmp_path / "tokenizer")
 
 
 def example(i: int, answer_words: int) -> dict:

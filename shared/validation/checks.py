@@ -4,12 +4,21 @@ Written for speed as much as clarity, because it runs once per example of files 
 gigabytes: exact ``type(...) is`` tests instead of isinstance, no per-message function
 calls beyond the token estimate, message text built only when something is wrong, and the
 reserved-token scan skipped unless the raw line contains a ``|`` at all (one memchr).
+
+Most lines of a real dataset are well formed, so they take a fast path: msgspec decodes them
+straight into :class:`Conversation` structs, checking in C what the slow path checks in Python
+(an object with no unknown keys, a non-empty list of messages that each have exactly a valid role
+and a string content, a string prompt_id if any), and :meth:`ExampleChecker.check_well_formed`
+runs only the checks that can still fail. A line msgspec refuses, for any reason, is decoded
+again by orjson and checked by :meth:`ExampleChecker.check`, which names what is wrong; both
+paths give the same findings, digests and token counts for the same line (tests pin it).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 from xxhash import xxh3_64_intdigest
 
 from shared.validation.codes import (
@@ -38,6 +47,25 @@ from shared.validation.tokens import EXAMPLE_OVERHEAD, MESSAGE_OVERHEAD, Content
 TOP_LEVEL_KEYS = frozenset({"messages", "prompt", "prompt_id"})
 MESSAGE_KEYS = frozenset({"role", "content"})
 ROLES = frozenset({"system", "user", "assistant"})
+
+
+class Turn(msgspec.Struct, forbid_unknown_fields=True):
+    """A message of a well-formed line: nothing but a valid role and a string content."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Conversation(msgspec.Struct, forbid_unknown_fields=True):
+    """A well-formed line: any other shape is left to the slow path, which says what is wrong."""
+
+    messages: Annotated[list[Turn], msgspec.Meta(min_length=1)]
+    prompt_id: str | msgspec.UnsetType = msgspec.UNSET
+    prompt: str | None = None  # unchecked, as in the slow path; other JSON types just go the slow way
+
+
+# Raises msgspec.DecodeError (ValidationError included) for every line that is not well formed.
+decode_well_formed = msgspec.json.Decoder(Conversation).decode
 
 
 def describe(value: object) -> str:
@@ -74,7 +102,7 @@ class ExampleChecker:
             for key in example:
                 if key not in TOP_LEVEL_KEYS:
                     log.add(SCHEMA_UNKNOWN_KEY, number, f"top-level key {key!r} is not used for fine-tuning")
-        prompt_id = self._prompt_id(number, example)
+        prompt_id = self._prompt_id(number, example.get("prompt_id", msgspec.UNSET))
 
         messages = example.get("messages")
         if type(messages) is not list or not messages:
@@ -114,22 +142,13 @@ class ExampleChecker:
                 log.add(SCHEMA_ROLE_INVALID, number, f"message {index} has role {shown}; use system, user or assistant")
                 alternating = False  # one bad role would otherwise also break every later turn
                 role = None  # reported; from here on it only has to be hashable
+            # From here to the digest, the same as check_well_formed's loop: keep the two in step.
             elif role == "system":
                 if index != 1:
-                    log.add(
-                        CONVERSATION_SYSTEM_NOT_FIRST,
-                        number,
-                        f"message {index} is a system message; only the first may be",
-                    )
+                    self._system_not_first(number, index)
             else:
                 if role != expected and alternating:
-                    log.add(
-                        CONVERSATION_NOT_ALTERNATING,
-                        number,
-                        f"message {index} is {role!r} where {expected!r} was expected "
-                        "(after an optional system message: user, assistant, user, ...)",
-                    )
-                    alternating = False
+                    alternating = self._not_alternating(number, index, role, expected)
                 if role == "assistant":
                     assistant_turns += 1
                     expected = "user"
@@ -156,37 +175,129 @@ class ExampleChecker:
             # Equal contents are equally ASCII, so they always take the same branch.
             key.append(xxh3_64_intdigest(content.encode()) if ascii else content)
 
+        self._record(
+            number,
+            messages=len(messages),
+            tokens=tokens,
+            contents=contents,
+            key=key,
+            assistant_turns=assistant_turns,
+            last_role=role,
+            prompt_id=prompt_id,
+        )
+        return log.errors == errors_before
+
+    def check_well_formed(self, number: int, example: Conversation, raw: bytes) -> bool:
+        """:meth:`check` for a line msgspec decoded into a :class:`Conversation`: only what can still fail."""
+        log = self.log
+        errors_before = log.errors
+        prompt_id = self._prompt_id(number, example.prompt_id)
+        messages = example.messages
+        counter = self.counter
+        contents: list[str] = []
+        scan_reserved = b"|" in raw
+        tokens = EXAMPLE_OVERHEAD + MESSAGE_OVERHEAD * len(messages)
+        key: list[object] = []
+        expected = "user"
+        alternating = True
+        assistant_turns = 0
+        role = ""
+        for index, message in enumerate(messages, 1):
+            role = message.role
+            content = message.content
+            if role == "system":
+                if index != 1:
+                    self._system_not_first(number, index)
+            else:
+                if role != expected and alternating:
+                    alternating = self._not_alternating(number, index, role, expected)
+                if role == "assistant":
+                    assistant_turns += 1
+                    expected = "user"
+                else:
+                    expected = "assistant"
+
+            ascii = content.isascii()
+            if not content or content.isspace():
+                log.add(SCHEMA_CONTENT_EMPTY, number, f"message {index} ({role}) has empty content")
+            elif counter is None:
+                tokens += (len(content) + 3) // 4 if ascii else estimate(content)
+            else:
+                contents.append(content)
+            if scan_reserved and "|" in content and "<|" in content:
+                self._reserved_tokens(number, index, content)
+            key.append(role)
+            key.append(xxh3_64_intdigest(content.encode()) if ascii else content)
+
+        self._record(
+            number,
+            messages=len(messages),
+            tokens=tokens,
+            contents=contents,
+            key=key,
+            assistant_turns=assistant_turns,
+            last_role=role,
+            prompt_id=prompt_id,
+        )
+        return log.errors == errors_before
+
+    def _record(
+        self,
+        number: int,
+        *,
+        messages: int,
+        tokens: int,
+        contents: list[str],
+        key: list[object],
+        assistant_turns: int,
+        last_role: object,
+        prompt_id: int,
+    ) -> None:
+        """The checks on the whole conversation, and its record for the whole-file checks."""
+        log = self.log
         if assistant_turns == 0:
             log.add(CONVERSATION_NO_ASSISTANT, number, "no assistant message: there is nothing to learn from")
-        elif role in ("user", "system"):
+        elif last_role in ("user", "system"):
             log.add(
-                CONVERSATION_LAST_NOT_ASSISTANT, number, f"the last message is {role!r}; end with the assistant's reply"
+                CONVERSATION_LAST_NOT_ASSISTANT,
+                number,
+                f"the last message is {last_role!r}; end with the assistant's reply",
             )
-
-        if counter is not None and contents:
-            tokens += counter(contents)
+        if self.counter is not None and contents:
+            tokens += self.counter(contents)
         if tokens > self.options.max_seq_length:
             log.add(
                 TOKENS_TOO_LONG,
                 number,
-                f"{tokens:,} tokens{'' if counter else ' (estimated)'} > max_seq_length "
+                f"{tokens:,} tokens{'' if self.counter else ' (estimated)'} > max_seq_length "
                 f"{self.options.max_seq_length:,}: training truncates it",
             )
-        self.records.add(
-            number, tokens, len(messages), assistant_turns, conversation=hash(tuple(key)), prompt_id=prompt_id
-        )
-        return log.errors == errors_before
+        self.records.add(number, tokens, messages, assistant_turns, conversation=hash(tuple(key)), prompt_id=prompt_id)
 
-    def _prompt_id(self, number: int, example: dict[str, Any]) -> int:
-        """The prompt_id's digest for the uniqueness check, or NO_DIGEST when there is none."""
-        prompt_id = example.get("prompt_id")
+    def _prompt_id(self, number: int, prompt_id: object) -> int:
+        """The prompt_id's digest for the uniqueness check, or NO_DIGEST when there is none (``UNSET``: no key)."""
         if type(prompt_id) is str and prompt_id:
             return hash(prompt_id) or 1  # 0 is reserved for "none"
-        if "prompt_id" not in example:
+        if prompt_id is msgspec.UNSET:
             self.log.add(PROMPT_ID_MISSING, number, "no prompt_id")
         else:
             self.log.add(PROMPT_ID_INVALID, number, f"prompt_id is {describe(prompt_id)}, not a non-empty string")
         return NO_DIGEST
+
+    def _system_not_first(self, number: int, index: int) -> None:
+        self.log.add(
+            CONVERSATION_SYSTEM_NOT_FIRST, number, f"message {index} is a system message; only the first may be"
+        )
+
+    def _not_alternating(self, number: int, index: int, role: str, expected: str) -> bool:
+        """Report the first turn out of order; False, as the conversation no longer alternates."""
+        self.log.add(
+            CONVERSATION_NOT_ALTERNATING,
+            number,
+            f"message {index} is {role!r} where {expected!r} was expected "
+            "(after an optional system message: user, assistant, user, ...)",
+        )
+        return False
 
     def _unknown_message_keys(self, number: int, index: int, message: dict[str, Any]) -> None:
         for key in message:

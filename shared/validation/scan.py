@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import msgspec
 import orjson
 
-from shared.validation.checks import ExampleChecker, describe
+from shared.validation.checks import ExampleChecker, decode_well_formed, describe
 from shared.validation.codes import (
     ENCODING_INVALID_UTF8,
     JSON_ARRAY,
@@ -29,6 +30,10 @@ from shared.validation.tokens import ContentCounter
 TO_JSONL = "jq -c '.[]' in.json > out.jsonl"
 COMPACT = "jq -c . in.json > out.jsonl"
 _FRAGMENTS = (b"{", b"}", b"},", b"[", b"]", b"],")
+# The fast path is tried on every line until this many have missed it, then only while at least
+# half the lines tried are well formed: a dataset with an extra key on every line would otherwise
+# decode each line twice.
+_MISSES_TOLERATED = 16
 
 
 @dataclass
@@ -59,7 +64,9 @@ class LineScanner:
         self.result = Scan(IssueLog(options.samples_per_code))
         self.options = options
         self.at_start = at_start
-        self._check = ExampleChecker(options, self.result.log, self.result.records, counter).check
+        checker = ExampleChecker(options, self.result.log, self.result.records, counter)
+        self._check, self._check_well_formed = checker.check, checker.check_well_formed
+        self._tries = self._misses = 0  # of the fast path, to stop trying where lines are seldom well formed
 
     def too_long(self, number: int, size: int) -> None:
         self.result.examples += 1  # an example, if an unreadable one
@@ -73,10 +80,11 @@ class LineScanner:
     def feed(self, lines: Iterable[tuple[int, bytes | int]]) -> bool:
         """Check ``lines`` in order (an ``int`` is the size of a line too long to keep); False: stop the pass."""
         result, keep = self.result, self.options.keep_examples
-        log, samples, check = result.log, result.samples, self._check
+        log, samples, check, check_well_formed = result.log, result.samples, self._check, self._check_well_formed
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         blank = examples = 0
         at_start = self.at_start
+        tries, misses = self._tries, self._misses
         try:
             for number, raw in lines:
                 if type(raw) is int:
@@ -86,6 +94,16 @@ class LineScanner:
                     blank += 1
                     continue
                 examples += 1
+                if misses < _MISSES_TOLERATED or misses * 2 < tries:
+                    tries += 1
+                    try:
+                        well_formed = decode_well_formed(raw)
+                    except msgspec.DecodeError:  # not well formed, or not JSON: orjson and check() say why
+                        misses += 1
+                    else:
+                        if check_well_formed(number, well_formed, raw) and len(samples) < keep:
+                            samples.append(Sample(number, loads(raw)["messages"]))  # dicts, in the line's key order
+                        continue
                 try:
                     example = loads(raw)
                 except decode_error as error:
@@ -107,6 +125,7 @@ class LineScanner:
             result.blank += blank
             result.examples += examples
             self.at_start = at_start and not examples
+            self._tries, self._misses = tries, misses
 
 
 def scan(chunks: Iterable[bytes], options: ValidationOptions, counter: ContentCounter | None) -> Scan:
