@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
 import random
-import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -122,21 +123,36 @@ def test_big_files_use_the_cores_and_small_ones_do_not(tmp_path: Path, monkeypat
     assert used == [2]
 
 
-def test_options_are_read_once_the_workers_exist_and_the_hashing_runs(tmp_path: Path) -> None:
+_real_hash_range = parallel._hash_range
+
+
+def _hash_range_that_tells(path: str, size: int) -> tuple[str, int]:
+    """The hash task, touching a file first (pickled by name, run in a forked worker)."""
+    Path(os.environ["HASHING_STARTED"]).touch()
+    return _real_hash_range(path, size)
+
+
+def test_options_are_read_while_a_worker_hashes_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the options cost to find (the CLI reads the settings) overlaps the hashing on a big file."""
     path = write(tmp_path, [row(i) for i in range(30)])
-    seen: list[tuple[set[str], int]] = []
+    started = tmp_path / "hashing"
+    monkeypatch.setattr(parallel, "_hash_range", _hash_range_that_tells)
+    monkeypatch.setenv("HASHING_STARTED", str(started))
+    calls: list[int] = []
 
     def options() -> ValidationOptions:
-        seen.append(({thread.name for thread in threading.enumerate()}, len(multiprocessing.active_children())))
+        for _ in range(500):  # the hashing has begun before the options are asked for
+            if started.exists():
+                break
+            time.sleep(0.01)
+        calls.append(len(multiprocessing.active_children()))
         return ValidationOptions(max_seq_length=30)
 
     report = validate_path(path, options, workers=2)
-    assert len(seen) == 1
-    threads, children = seen[0]
-    assert "validation-read" in threads
-    assert children == 2  # forked before the options were asked for
-    assert report.to_dict() == validate_path(path, ValidationOptions(max_seq_length=30), workers=1).to_dict()
+    assert started.exists()
+    assert calls == [2]
+    serial = validate_path(path, ValidationOptions(max_seq_length=30), workers=1)
+    assert report.to_dict() == serial.to_dict()  # the identity included: the whole file, hashed
     assert report.counts["tokens.too_long"] == 30  # the options that were read are the ones checked against
 
 

@@ -1,4 +1,4 @@
-"""The read-ahead thread: what it hashes is exactly what it read, handed over or not."""
+"""The read-ahead thread: what it hashes is exactly what it read and handed over."""
 
 from __future__ import annotations
 
@@ -19,21 +19,16 @@ def test_the_hash_covers_every_chunk_handed_over() -> None:
     assert reader.size == 50_000
 
 
-def test_a_reader_that_hands_nothing_over_hashes_to_the_end() -> None:
-    reader = ReadAhead(CHUNKS, depth=2, hand_over=False)  # many more chunks than the queue holds: never blocks
-    reader.finish()
-    assert reader.size == 50_000
-    assert reader.sha256.hexdigest() == hashlib.sha256(b"".join(CHUNKS)).hexdigest()
-
-
-def test_finish_reraises_a_read_error() -> None:
+def test_a_read_error_reaches_the_consumer_after_the_chunks_before_it() -> None:
     def failing() -> Iterator[bytes]:
         yield from CHUNKS[:10]
         raise OSError("disk gone")
 
-    reader = ReadAhead(failing(), depth=2, hand_over=False)
+    reader = ReadAhead(failing(), depth=2)
+    taken: list[bytes] = []
     with pytest.raises(OSError, match="disk gone"):
-        reader.finish()
+        taken.extend(reader)
+    assert taken == CHUNKS[:10]
     assert reader.size == 10_000
 
 
@@ -42,19 +37,3 @@ def test_close_stops_reading_early() -> None:
     next(iter(reader))
     reader.close()
     assert reader.size < 50_000
-
-
-def test_finish_after_close_refuses_to_pass_off_a_partial_hash() -> None:
-    reader = ReadAhead(iter(CHUNKS), depth=2, hand_over=False)
-    reader.close()
-    with pytest.raises(RuntimeError, match="only part"):
-        reader.finish()
-
-
-def test_a_hashing_only_reader_cannot_be_iterated_and_a_handing_one_cannot_be_finished() -> None:
-    with pytest.raises(RuntimeError, match="hands no chunks"):
-        next(iter(ReadAhead(CHUNKS, hand_over=False)))
-    reader = ReadAhead(CHUNKS, depth=2)
-    with pytest.raises(RuntimeError, match="iterate this one"):
-        reader.finish()
-    reader.close()

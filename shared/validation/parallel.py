@@ -5,18 +5,18 @@ seconds on one core. Here the file is cut into ranges of ~``BLOCK_BYTES`` that b
 starts, and each worker process reads its own range straight from the file, frames its lines and
 runs the very same :class:`LineScanner` on them, numbering from 1; each partial :class:`Scan` is
 shifted to its place and merged in file order, so the report is the one-core pass's. Two offsets
-go to a worker and only the compact findings come back: no line crosses a pipe, and the calling
-process is free to read and hash the whole file (the run's identity) at the same time.
+go to a worker and only the compact findings come back: no line crosses a pipe. The first task
+of all hashes the whole file (the run's identity), in a worker too.
 
 A range ends where the next begins: at the first line start at least ``BLOCK_BYTES`` after its
 own start. A line longer than that, even one longer than ``max_line_bytes``, so lies whole in one
 range, where ``iter_lines`` skips it chunk by chunk and reports it in its place. Finding the cuts
 reads a few bytes at each, in order, so a file without newlines is read once, not once per block.
 
-The workers are forked first, before the read-ahead thread starts and before the options are
-known (the calling process reads the settings while the file is hashed), so they inherit Python's
-hash secret (the duplicate checks compare per-process ``hash()`` digests) and get the options
-with each range; a worker loads the tokenizer, if any, on its first range. The first ranges are
+The workers are forked first, before the options are known (the calling process reads the
+settings while the file is hashed); they inherit Python's hash secret (the duplicate checks
+compare per-process ``hash()`` digests) and get the options with each range, and a worker loads
+the tokenizer, if any, on its first range. The first ranges are
 checked in the calling process until the first non-blank line has been seen: only it can show that
 a file is not JSON Lines at all, and then nothing is sent anywhere.
 """
@@ -24,12 +24,13 @@ a file is not JSON Lines at all, and then nothing is sent anywhere.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from multiprocessing.pool import Pool
+from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
 
 from shared.validation.lines import iter_lines
@@ -50,6 +51,30 @@ Task = tuple[str, int, int, ValidationOptions]  # path, start, end, options
 def start_workers(workers: int) -> Pool:
     """Fork the workers now, before any thread exists in this process."""
     return multiprocessing.get_context("fork").Pool(workers)
+
+
+def start_hashing(pool: Pool, path: Path, size: int) -> AsyncResult[tuple[str, int]]:
+    """The SHA-256 of the first ``size`` bytes of ``path`` (the run identity) and how many there were.
+
+    Put first in the queue, so a worker starts on it at once. A worker process, not a thread:
+    a thread here loses the GIL race to any Python code running beside it (the settings' imports)
+    and waits a switch interval, 5 ms, for every 1 ms megabyte it hashes; a core sat half idle.
+    """
+    return pool.apply_async(_hash_range, (str(path), size))
+
+
+def _hash_range(path: str, size: int) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    view = memoryview(bytearray(CHUNK_SIZE))  # one buffer for the whole file
+    done = 0
+    with open(path, "rb") as file:  # noqa: PTH123 - a plain fd for preadv
+        while done < size:
+            got = os.preadv(file.fileno(), [view[: min(CHUNK_SIZE, size - done)]], done)
+            if not got:  # the file shrank under us: the identity covers what there was
+                break
+            digest.update(view[:got])
+            done += got
+    return digest.hexdigest(), done
 
 
 def scan_file(

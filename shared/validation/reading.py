@@ -18,19 +18,14 @@ class ReadAhead:
     parsing on a second core, and a download's network waits overlap with the parsing
     too. The queue holds at most ``depth`` chunks, which bounds memory. ``size`` and
     ``sha256`` cover exactly the chunks taken from the source and are final once the
-    iteration has ended or :meth:`close` or :meth:`finish` has returned. A reader made with
-    ``hand_over=False`` only reads and hashes, for the many-core pass, whose workers read the
-    lines themselves.
+    iteration has ended or :meth:`close` has returned.
     """
 
-    def __init__(self, chunks: Iterable[bytes], depth: int = 4, *, hand_over: bool = True) -> None:
-        """``hand_over=False``: only read and hash, handing nothing over (the lines are read elsewhere)."""
+    def __init__(self, chunks: Iterable[bytes], depth: int = 4) -> None:
         self.sha256 = hashlib.sha256()
         self.size = 0
-        self._hand_over = hand_over
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)  # None: the end
         self._stop = threading.Event()
-        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._produce, args=(chunks,), name="validation-read", daemon=True)
         self._thread.start()
 
@@ -41,34 +36,18 @@ class ReadAhead:
                     return
                 self.sha256.update(chunk)
                 self.size += len(chunk)
-                if self._hand_over:
-                    self._queue.put(chunk)
+                self._queue.put(chunk)
         except BaseException as error:  # re-raised in the consuming thread, where the caller sees it
-            self._error = error
-            if self._hand_over:
-                self._queue.put(error)
+            self._queue.put(error)
             return
-        if self._hand_over:
-            self._queue.put(None)
+        self._queue.put(None)
 
     def __iter__(self) -> Iterator[bytes]:
         """The chunks in order; whoever stops early calls :meth:`close`."""
-        if not self._hand_over:
-            raise RuntimeError("this ReadAhead only hashes: it hands no chunks over")
         while (item := self._queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             yield item
-
-    def finish(self) -> None:
-        """Wait until ``size`` and ``sha256`` cover the whole source (``hand_over=False``); re-raise a read error."""
-        if self._hand_over:
-            raise RuntimeError("finish() waits for a reader that hands nothing over; iterate this one instead")
-        if self._stop.is_set():
-            raise RuntimeError("finish() after close(): the hash would cover only part of the source")
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
 
     def _drain(self) -> None:
         with suppress(queue.Empty):

@@ -39,10 +39,10 @@ def validate_path(
 ) -> Report:
     """Validate a local file, streamed in 1 MiB chunks; big files on every core (up to ``MAX_WORKERS``).
 
-    With more than one worker, the workers read the lines from the file themselves while this
-    process reads it once more to hash it: the same report as one core's, in less wall time.
-    The workers are forked and the hashing starts before ``options`` is called, so whatever it
-    does (reading settings) runs beside the hashing, not before it while a core idles.
+    With more than one worker, the workers read the lines from the file themselves, and one of
+    them reads it once more, first, to hash it: the same report as one core's, in less wall time.
+    The hashing starts before ``options`` is called, so whatever that does (the CLI reads the
+    settings) runs beside it instead of before it while a core idles.
     """
     path = Path(path)
     with path.open("rb") as file:
@@ -54,20 +54,19 @@ def validate_path(
         if workers == 1 or (finding and finding.fatal):  # not JSON Lines text at all: a few kilobytes tell
             return validate_chunks(chunks, _chosen(options), source=str(path), progress=progress)
         # Imported here: the blob function validates on one core and need not load multiprocessing.
-        from shared.validation.parallel import scan_file, start_workers
+        from shared.validation.parallel import scan_file, start_hashing, start_workers
 
-        pool = start_workers(workers)  # forked before the read-ahead thread, this process's first
-        reader = ReadAhead(chunks, hand_over=False)  # it only hashes: the workers read the lines themselves
+        pool = start_workers(workers)
+        hashing = start_hashing(pool, path, size)  # first in the queue: a worker hashes while the options come
         try:
             chosen = _chosen(options)
             counter = load_counter(chosen.tokenizer)  # before any range is sent: a bad tokenizer fails fast
             importlib.import_module("shared.validation.stats")  # numpy, 0.09 s: here it overlaps the hashing
             result = scan_file(path, size, chosen, counter, pool, progress=progress)
-            # The identity covers the whole file, even when its first line stopped the pass: the
-            # ranges were read beside the hash, which must not cover less than was checked.
-            reader.finish()
+            # The identity covers the whole file even when its first line stopped the pass: it must
+            # not cover less than was checked, and the ranges were read beside it.
+            sha256, hashed = hashing.get()
         finally:
-            reader.close()
             pool.terminate()
             pool.join()
     return _report(
@@ -75,8 +74,8 @@ def validate_path(
         chosen,
         exact=counter is not None,
         source=str(path),
-        sha256=reader.sha256.hexdigest(),
-        size=reader.size,
+        sha256=sha256,
+        size=hashed,
         finding=finding,
     )
 
