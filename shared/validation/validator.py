@@ -1,9 +1,10 @@
 """Validation entry points: bytes in, a Report out, in one pass and constant memory.
 
-A helper thread reads and hashes the chunks (the hash is the run identity, so it covers
-exactly what was validated); the head is sniffed for binary formats and foreign
-encodings; every line is parsed once with orjson and checked; whole-file checks
-(duplicates, dataset size) run at the end on the compact per-example records.
+On one core a helper thread reads and hashes the chunks (the hash is the run identity, so it
+covers exactly what was validated); on many, a worker process hashes the file while the others
+check its ranges. The head is sniffed for binary formats and foreign encodings; every line is
+decoded once (msgspec for well-formed lines, orjson for the rest) and checked; whole-file
+checks (duplicates, dataset size) run at the end on the compact per-example records.
 """
 
 from __future__ import annotations
