@@ -9,14 +9,16 @@ Most lines of a real dataset are well formed, so they take a fast path: msgspec 
 straight into :class:`Conversation` structs, checking in C what the slow path checks in Python
 (an object with no unknown keys, a non-empty list of messages that each have exactly a valid role
 and a string content, a string prompt_id if any), and :meth:`ExampleChecker.check_well_formed`
-runs only the checks that can still fail. A line msgspec refuses, for any reason, is decoded
-again by orjson and checked by :meth:`ExampleChecker.check`, which names what is wrong; both
-paths give the same findings, digests and token counts for the same line (tests pin it).
+skips those checks. A line msgspec refuses, for any reason, is decoded again by orjson and
+checked by :meth:`ExampleChecker.check`, which names what is wrong with its shape. Both then run
+the same conversation checks, so they give the same findings, digests and token counts for the
+same line (a differential test pins it).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Iterable, Iterator
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from xxhash import xxh3_64_intdigest
@@ -66,6 +68,14 @@ class Conversation(msgspec.Struct, forbid_unknown_fields=True):
 
 # Raises msgspec.DecodeError (ValidationError included) for every line that is not well formed.
 decode_well_formed = msgspec.json.Decoder(Conversation).decode
+_NO_MESSAGE = object()  # the content of a "message" that is not an object at all: nothing to check
+
+
+class _Message(NamedTuple):
+    """A message of a line on the slow path: its role (None unless valid) and its content as found."""
+
+    role: str | None
+    content: object
 
 
 def describe(value: object) -> str:
@@ -113,42 +123,83 @@ class ExampleChecker:
                     SCHEMA_MESSAGES_INVALID, number, f"'messages' must be a non-empty list, got {describe(messages)}"
                 )
             return False
+        self._conversation(number, len(messages), self._messages(number, messages), raw, prompt_id)
+        return log.errors == errors_before
 
-        counter = self.counter
-        contents: list[str] = []  # exact counting only: tokenized in one batch per example
-        # Every "<|" has a "|", even where "<" is JSON-escaped: writers escape "<" (System.Text.Json), never "|".
-        # Searching each line for an escaped pipe too would cost 7.6% of the per-line work (callgrind).
-        scan_reserved = b"|" in raw
-        tokens = EXAMPLE_OVERHEAD + MESSAGE_OVERHEAD * len(messages)
-        key: list[object] = []  # roles and contents, hashed to find duplicate conversations
-        expected = "user"
-        alternating = True
-        assistant_turns = 0
-        role: object = None
+    def check_well_formed(self, number: int, example: Conversation, raw: bytes) -> bool:
+        """:meth:`check` for a line msgspec decoded into a :class:`Conversation`: only what can still fail."""
+        errors_before = self.log.errors
+        prompt_id = self._prompt_id(number, example.prompt_id)
+        messages = example.messages
+        self._conversation(number, len(messages), enumerate(messages, 1), raw, prompt_id)
+        return self.log.errors == errors_before
+
+    def _messages(self, number: int, messages: list[Any]) -> Iterator[tuple[int, _Message]]:
+        """The slow path's messages, numbered, as the conversation checks take them.
+
+        What is wrong with a message's shape is reported as it is met, before the turn's own
+        findings: a message that is not an object, unknown keys, a role that is not valid (it
+        becomes None). A content that is not a string is passed on as found; that check is the
+        conversation loop's, after the turn order's.
+        """
+        log = self.log
         for index, message in enumerate(messages, 1):
             if type(message) is not dict:
                 log.add(SCHEMA_MESSAGE_NOT_OBJECT, number, f"message {index} is {describe(message)}, not an object")
-                role = None
-                alternating = False  # reported; the turns after it would only add noise
+                yield index, _Message(None, _NO_MESSAGE)
                 continue
             role = message.get("role")
             content = message.get("content")
             # Unknown keys need more than two keys, or a missing one: skip the set test otherwise.
             if (len(message) != 2 or role is None or content is None) and not MESSAGE_KEYS.issuperset(message):
                 self._unknown_message_keys(number, index, message)
-
             if type(role) is not str or role not in ROLES:
                 shown = repr(role) if type(role) is str else describe(role)
                 log.add(SCHEMA_ROLE_INVALID, number, f"message {index} has role {shown}; use system, user or assistant")
-                alternating = False  # one bad role would otherwise also break every later turn
                 role = None  # reported; from here on it only has to be hashable
-            # From here to the digest, the same as check_well_formed's loop: keep the two in step.
+            yield index, _Message(role, content)
+
+    def _conversation(
+        self, number: int, count: int, messages: Iterable[tuple[int, Turn | _Message]], raw: bytes, prompt_id: int
+    ) -> None:
+        """The checks on the turns and contents of ``count`` messages, and the example's record.
+
+        Both paths come through here: the fast one with :class:`Turn` structs, whose roles are
+        valid and contents strings, the slow one with what :meth:`_messages` made of the dicts.
+        """
+        log = self.log
+        counter = self.counter
+        contents: list[str] = []  # exact counting only: tokenized in one batch per example
+        # Every "<|" has a "|", even where "<" is JSON-escaped: writers escape "<" (System.Text.Json), never "|".
+        # Searching each line for an escaped pipe too would cost 7.6% of the per-line work (callgrind).
+        scan_reserved = b"|" in raw
+        tokens = EXAMPLE_OVERHEAD + MESSAGE_OVERHEAD * count
+        key: list[object] = []  # roles and contents, hashed to find duplicate conversations
+        expected = "user"
+        alternating = True
+        assistant_turns = 0
+        role: str | None = None
+        for index, message in messages:
+            role = message.role
+            content = message.content
+            if role is None:  # reported; the turns after it would only add noise
+                alternating = False
             elif role == "system":
                 if index != 1:
-                    self._system_not_first(number, index)
+                    log.add(
+                        CONVERSATION_SYSTEM_NOT_FIRST,
+                        number,
+                        f"message {index} is a system message; only the first may be",
+                    )
             else:
                 if role != expected and alternating:
-                    alternating = self._not_alternating(number, index, role, expected)
+                    log.add(
+                        CONVERSATION_NOT_ALTERNATING,
+                        number,
+                        f"message {index} is {role!r} where {expected!r} was expected "
+                        "(after an optional system message: user, assistant, user, ...)",
+                    )
+                    alternating = False
                 if role == "assistant":
                     assistant_turns += 1
                     expected = "user"
@@ -156,7 +207,10 @@ class ExampleChecker:
                     expected = "assistant"
 
             if type(content) is not str:
-                log.add(SCHEMA_CONTENT_INVALID, number, f"message {index} content is {describe(content)}, not a string")
+                if content is not _NO_MESSAGE:
+                    log.add(
+                        SCHEMA_CONTENT_INVALID, number, f"message {index} content is {describe(content)}, not a string"
+                    )
                 continue
             ascii = content.isascii()
             if not content or content.isspace():
@@ -175,104 +229,22 @@ class ExampleChecker:
             # Equal contents are equally ASCII, so they always take the same branch.
             key.append(xxh3_64_intdigest(content.encode()) if ascii else content)
 
-        self._record(
-            number,
-            messages=len(messages),
-            tokens=tokens,
-            contents=contents,
-            key=key,
-            assistant_turns=assistant_turns,
-            last_role=role,
-            prompt_id=prompt_id,
-        )
-        return log.errors == errors_before
-
-    def check_well_formed(self, number: int, example: Conversation, raw: bytes) -> bool:
-        """:meth:`check` for a line msgspec decoded into a :class:`Conversation`: only what can still fail."""
-        log = self.log
-        errors_before = log.errors
-        prompt_id = self._prompt_id(number, example.prompt_id)
-        messages = example.messages
-        counter = self.counter
-        contents: list[str] = []
-        scan_reserved = b"|" in raw
-        tokens = EXAMPLE_OVERHEAD + MESSAGE_OVERHEAD * len(messages)
-        key: list[object] = []
-        expected = "user"
-        alternating = True
-        assistant_turns = 0
-        role = ""
-        for index, message in enumerate(messages, 1):
-            role = message.role
-            content = message.content
-            if role == "system":
-                if index != 1:
-                    self._system_not_first(number, index)
-            else:
-                if role != expected and alternating:
-                    alternating = self._not_alternating(number, index, role, expected)
-                if role == "assistant":
-                    assistant_turns += 1
-                    expected = "user"
-                else:
-                    expected = "assistant"
-
-            ascii = content.isascii()
-            if not content or content.isspace():
-                log.add(SCHEMA_CONTENT_EMPTY, number, f"message {index} ({role}) has empty content")
-            elif counter is None:
-                tokens += (len(content) + 3) // 4 if ascii else estimate(content)
-            else:
-                contents.append(content)
-            if scan_reserved and "|" in content and "<|" in content:
-                self._reserved_tokens(number, index, content)
-            key.append(role)
-            key.append(xxh3_64_intdigest(content.encode()) if ascii else content)
-
-        self._record(
-            number,
-            messages=len(messages),
-            tokens=tokens,
-            contents=contents,
-            key=key,
-            assistant_turns=assistant_turns,
-            last_role=role,
-            prompt_id=prompt_id,
-        )
-        return log.errors == errors_before
-
-    def _record(
-        self,
-        number: int,
-        *,
-        messages: int,
-        tokens: int,
-        contents: list[str],
-        key: list[object],
-        assistant_turns: int,
-        last_role: object,
-        prompt_id: int,
-    ) -> None:
-        """The checks on the whole conversation, and its record for the whole-file checks."""
-        log = self.log
         if assistant_turns == 0:
             log.add(CONVERSATION_NO_ASSISTANT, number, "no assistant message: there is nothing to learn from")
-        elif last_role in ("user", "system"):
+        elif role in ("user", "system"):
             log.add(
-                CONVERSATION_LAST_NOT_ASSISTANT,
-                number,
-                f"the last message is {last_role!r}; end with the assistant's reply",
+                CONVERSATION_LAST_NOT_ASSISTANT, number, f"the last message is {role!r}; end with the assistant's reply"
             )
-        if self.counter is not None and contents:
-            tokens += self.counter(contents)
+        if counter is not None and contents:
+            tokens += counter(contents)
         if tokens > self.options.max_seq_length:
             log.add(
                 TOKENS_TOO_LONG,
                 number,
-                f"{tokens:,} tokens{'' if self.counter else ' (estimated)'} > max_seq_length "
+                f"{tokens:,} tokens{'' if counter else ' (estimated)'} > max_seq_length "
                 f"{self.options.max_seq_length:,}: training truncates it",
             )
-        self.records.add(number, tokens, messages, assistant_turns, conversation=hash(tuple(key)), prompt_id=prompt_id)
+        self.records.add(number, tokens, count, assistant_turns, conversation=hash(tuple(key)), prompt_id=prompt_id)
 
     def _prompt_id(self, number: int, prompt_id: object) -> int:
         """The prompt_id's digest for the uniqueness check, or NO_DIGEST when there is none (``UNSET``: no key)."""
@@ -283,21 +255,6 @@ class ExampleChecker:
         else:
             self.log.add(PROMPT_ID_INVALID, number, f"prompt_id is {describe(prompt_id)}, not a non-empty string")
         return NO_DIGEST
-
-    def _system_not_first(self, number: int, index: int) -> None:
-        self.log.add(
-            CONVERSATION_SYSTEM_NOT_FIRST, number, f"message {index} is a system message; only the first may be"
-        )
-
-    def _not_alternating(self, number: int, index: int, role: str, expected: str) -> bool:
-        """Report the first turn out of order; False, as the conversation no longer alternates."""
-        self.log.add(
-            CONVERSATION_NOT_ALTERNATING,
-            number,
-            f"message {index} is {role!r} where {expected!r} was expected "
-            "(after an optional system message: user, assistant, user, ...)",
-        )
-        return False
 
     def _unknown_message_keys(self, number: int, index: int, message: dict[str, Any]) -> None:
         for key in message:
