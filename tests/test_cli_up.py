@@ -16,20 +16,22 @@ from shared import azurite
 from shared.config import Settings
 from shared.host.runner import storage_ports
 from shared.storage import Storage
-from tests.cli_process import settings_env
+from tests.cli_process import console_command, settings_env
 from tests.paths import REPO
 
 
 @contextmanager
-def running_up(settings: Settings, cwd) -> Iterator[tuple[subprocess.Popen, list[str]]]:
+def running_up(settings: Settings, cwd, *, console: bool = False) -> Iterator[tuple[subprocess.Popen, list[str]]]:
     """``up`` with ``settings`` as its whole configuration, and the lines it printed until ready.
 
-    Killed at the end if the test left it running.
+    ``console``: the installed ``ftpilot`` command (``make demo`` runs it), which must find the
+    Function App's ``functions`` package without PYTHONPATH. Killed at the end if the test left it running.
     """
     env = {key: value for key, value in os.environ.items() if not key.startswith("FTPILOT_")}
-    env |= settings_env(settings) | {"PYTHONPATH": str(REPO)}
+    env |= settings_env(settings) | ({} if console else {"PYTHONPATH": str(REPO)})
+    command = [str(console_command())] if console else [sys.executable, "-m", "shared.cli"]
     host = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--interval", "0.2"],
+        [*command, "up", "--interval", "0.2"],
         cwd=cwd,  # no local.settings.json here: the environment is the whole configuration
         env=env,
         stdout=subprocess.PIPE,
@@ -52,8 +54,9 @@ def running_up(settings: Settings, cwd) -> Iterator[tuple[subprocess.Popen, list
 
 
 @pytest.mark.slow
-def test_up_serves_until_ctrl_c_and_leaves_the_azurite_it_found(settings: Settings, tmp_path) -> None:
-    with running_up(settings, tmp_path) as (host, lines):
+@pytest.mark.parametrize("console", [False, True], ids=["python -m shared.cli", "ftpilot"])
+def test_up_serves_until_ctrl_c_and_leaves_the_azurite_it_found(settings: Settings, tmp_path, console: bool) -> None:
+    with running_up(settings, tmp_path, console=console) as (host, lines):
         assert any(f"watching {settings.intake_container}/{settings.intake_prefix}" in line for line in lines)
 
         # It created what the functions need in the (already running) Azurite, and started no other.
