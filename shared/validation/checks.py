@@ -2,7 +2,8 @@
 
 Written for speed as much as clarity, because it runs once per example of files of
 gigabytes: exact ``type(...) is`` tests instead of isinstance, no per-message function
-calls beyond the token estimate, message text built only when something is wrong, and the
+calls on the fast path beyond the token estimate, message text built only when something is
+wrong, and the
 reserved-token scan skipped unless the raw line contains a ``|`` at all (one memchr).
 
 Most lines of a real dataset are well formed, so they take a fast path: msgspec decodes them

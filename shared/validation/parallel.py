@@ -16,9 +16,9 @@ reads a few bytes at each, in order, so a file without newlines is read once, no
 The workers are forked first, before the options are known (the calling process reads the
 settings while the file is hashed); they inherit Python's hash secret (the duplicate checks
 compare per-process ``hash()`` digests) and get the options with each range, and a worker loads
-the tokenizer, if any, on its first range. The first ranges are
-checked in the calling process until the first non-blank line has been seen: only it can show that
-a file is not JSON Lines at all, and then nothing is sent anywhere.
+the tokenizer, if any, on its first range. The first ranges are checked in the calling process
+until the first non-blank line has been seen: only it can show that a file is not JSON Lines at
+all, and then no range is sent anywhere.
 """
 
 from __future__ import annotations
