@@ -13,6 +13,16 @@ from shared import azurite as azurite_mod
 from shared.config import Settings
 from shared.services import Services, use_services
 from shared.storage import Storage
+from tests.paths import FIXTURES
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Stop at once, in one line, when the read-only fixtures the suite reads are not where it looks."""
+    if not FIXTURES.is_dir():
+        raise pytest.UsageError(
+            f"the read-only test fixtures are not at {FIXTURES}: clone ftpilot beside ../shared, "
+            "or set FTPILOT_FIXTURES to the folder that holds them"
+        )
 
 
 @pytest.fixture(scope="session")
