@@ -6,6 +6,7 @@ import itertools
 import multiprocessing
 import os
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -175,3 +176,18 @@ def test_merged_line_numbers_are_shifted_and_clamped() -> None:
     merged.extend(part, line_offset=2**32 - 3)  # past four billion lines: clamped, not an OverflowError
     assert list(merged.lines)[3:] == [2**32 - 2, 2**32 - 1, 2**32 - 1]
     assert list(merged.conversations) == [1, 2, 5, 1, 2, 5]
+
+
+def _scan_range_killed(task: parallel.Task) -> object:
+    os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    return None
+
+
+def test_a_worker_killed_mid_range_is_an_error_not_a_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, [row(i) for i in range(30)])
+    monkeypatch.setattr(parallel, "BLOCK_BYTES", 1_000)
+    monkeypatch.setattr(parallel, "_scan_range", _scan_range_killed)
+    monkeypatch.setattr(parallel, "WATCH_S", 0.05)
+    with pytest.raises(parallel.WorkerLostError, match="signal SIGKILL"):
+        validate_path(path, ValidationOptions(), workers=2)
+    assert multiprocessing.active_children() == []

@@ -28,10 +28,12 @@ import hashlib
 import itertools
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from multiprocessing.pool import AsyncResult, Pool
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
+from typing import TypeVar
 
 from shared.validation.lines import iter_lines
 from shared.validation.options import ValidationOptions
@@ -51,23 +53,62 @@ _FIND_BYTES = 64 * 1024  # read this much at a time when looking for the newline
 # the kernel and the next faulted its pages in again: ~115k minor faults and ~0.3 s of system
 # time per GB across the workers. Pieces of 256 KiB stay in the heap (a few hundred faults).
 READ_BYTES = 256 * 1024
+# How often the calling process, waiting for a worker's answer, checks that every worker still runs.
+WATCH_S = 0.5
 
 Task = tuple[str, int, int, ValidationOptions]  # path, start, end, options
+T = TypeVar("T")
 
 
-def start_workers(workers: int) -> Pool:
+class WorkerLostError(OSError):
+    """A worker process ended without answering (killed for memory, say)."""
+
+
+class WorkerPool:
+    """The forked pool and the processes it started, so that a worker that dies is noticed.
+
+    A ``multiprocessing.Pool`` replaces a worker that dies, but the task it held is never
+    answered: waiting for it would hang, when the kernel kills a worker for memory, say.
+    """
+
+    def __init__(self, workers: int) -> None:
+        before = set(multiprocessing.active_children())
+        self.pool = multiprocessing.get_context("fork").Pool(workers)
+        self._processes = [child for child in multiprocessing.active_children() if child not in before]
+
+    def wait(self, get: Callable[[float], T]) -> T:
+        """``get(timeout)``'s answer, checking between timeouts that no worker has died."""
+        while True:
+            try:
+                return get(WATCH_S)
+            except multiprocessing.TimeoutError:
+                self._check()
+
+    def _check(self) -> None:
+        for process in self._processes:
+            if not process.is_alive():
+                code = process.exitcode or 0
+                how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                raise WorkerLostError(f"a validation worker process ended ({how}) before it had answered")
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+
+def start_workers(workers: int) -> WorkerPool:
     """Fork the workers now, before any thread exists in this process."""
-    return multiprocessing.get_context("fork").Pool(workers)
+    return WorkerPool(workers)
 
 
-def start_hashing(pool: Pool, path: Path, size: int) -> AsyncResult[tuple[str, int]]:
+def start_hashing(workers: WorkerPool, path: Path, size: int) -> AsyncResult[tuple[str, int]]:
     """The SHA-256 of the first ``size`` bytes of ``path`` (the run identity) and how many there were.
 
     Put first in the queue, so a worker starts on it at once. A worker process, not a thread:
     a thread here loses the GIL race to any Python code running beside it (the settings' imports)
     and waits a switch interval, 5 ms, for every 1 ms megabyte it hashes; a core sat half idle.
     """
-    return pool.apply_async(_hash_range, (str(path), size))
+    return workers.pool.apply_async(_hash_range, (str(path), size))
 
 
 def _hash_range(path: str, size: int) -> tuple[str, int]:
@@ -89,11 +130,11 @@ def scan_file(
     size: int,
     options: ValidationOptions,
     counter: ContentCounter | None,
-    pool: Pool,
+    workers: WorkerPool,
     *,
     progress: Callable[[int], None] | None = None,
 ) -> Scan:
-    """Check every line of the first ``size`` bytes of ``path``: the first ranges here, the rest in ``pool``.
+    """Check every line of the first ``size`` bytes of ``path``: the first ranges here, the rest in ``workers``.
 
     ``progress`` is told how many bytes have been checked, in file order, after each range.
     """
@@ -111,8 +152,9 @@ def scan_file(
             if progress is not None:
                 progress(end)
     tasks: list[Task] = [(str(path), start, end, options) for start, end in ranges[taken:]]
-    for (_, _, end, _), part in zip(tasks, pool.imap(_scan_range, tasks), strict=True):
-        _merge(result, part, result.lines, options)
+    parts = workers.pool.imap(_scan_range, tasks)
+    for _, _, end, _ in tasks:
+        _merge(result, workers.wait(parts.next), result.lines, options)
         if progress is not None:
             progress(end)
     return result

@@ -66,10 +66,9 @@ def validate_path(
             result = scan_file(path, size, chosen, counter, pool, progress=progress)
             # The identity covers the whole file even when its first line stopped the pass: it must
             # not cover less than was checked, and the ranges were read beside it.
-            sha256, hashed = hashing.get()
+            sha256, hashed = pool.wait(hashing.get)
         finally:
-            pool.terminate()
-            pool.join()
+            pool.close()
     return _report(
         result,
         chosen,
