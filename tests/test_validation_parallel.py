@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import mmap
 import multiprocessing
 import os
 import random
@@ -178,9 +179,34 @@ def test_merged_line_numbers_are_shifted_and_clamped() -> None:
     assert list(merged.conversations) == [1, 2, 5, 1, 2, 5]
 
 
+def _hash_range_cut_short(path: str, size: int) -> tuple[str, int]:
+    """The hash task when the file is cut short under its mapping: SIGBUS, as a real truncation gives."""
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), size, prot=mmap.PROT_READ) as mapped:  # noqa: PTH123
+        os.truncate(path, 0)
+        return str(mapped[size - 1]), size  # a page the file no longer has
+
+
+def _hash_range_after_a_cut(path: str, size: int) -> tuple[str, int]:
+    os.truncate(path, size // 2)
+    return _real_hash_range(path, size)
+
+
 def _scan_range_killed(task: parallel.Task) -> object:
     os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
     return None
+
+
+@pytest.mark.parametrize("hash_range", [_hash_range_cut_short, _hash_range_after_a_cut])
+def test_a_file_cut_short_while_it_is_validated_is_an_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hash_range: object
+) -> None:
+    path = write(tmp_path, [row(i) for i in range(30)])
+    size = path.stat().st_size
+    monkeypatch.setattr(parallel, "_hash_range", hash_range)
+    monkeypatch.setattr(parallel, "WATCH_S", 0.05)
+    with pytest.raises(parallel.FileShrankError, match=f"shrank from {size:,} to "):
+        validate_path(path, ValidationOptions(), workers=2)
+    assert multiprocessing.active_children() == []
 
 
 def test_a_worker_killed_mid_range_is_an_error_not_a_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

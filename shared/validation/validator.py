@@ -66,7 +66,7 @@ def validate_path(
             result = scan_file(path, size, chosen, counter, pool, progress=progress)
             # The identity covers the whole file even when its first line stopped the pass: it must
             # not cover less than was checked, and the ranges were read beside it.
-            sha256, hashed = pool.wait(hashing.get)
+            sha256, hashed = pool.wait(hashing.get, path, size)
         finally:
             pool.close()
     return _report(
