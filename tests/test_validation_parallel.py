@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import mmap
 import multiprocessing
 import os
 import random
+import resource
 import signal
 import time
 from pathlib import Path
@@ -217,3 +219,22 @@ def test_a_worker_killed_mid_range_is_an_error_not_a_hang(tmp_path: Path, monkey
     with pytest.raises(parallel.WorkerLostError, match="signal SIGKILL"):
         validate_path(path, ValidationOptions(), workers=2)
     assert multiprocessing.active_children() == []
+
+
+def _hashing_growth(path: str, size: int) -> int:
+    """How much the peak resident set of a fresh process grows while it hashes ``path`` (KiB)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    parallel._hash_range(path, size)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+
+
+def test_hashing_a_big_file_maps_a_window_at_a_time(tmp_path: Path) -> None:
+    """Mapped pages count in the resident set: the whole file mapped at once read as 971 MiB at 1 GB."""
+    path = tmp_path / "big.jsonl"
+    size = 4 * parallel.HASH_WINDOW_BYTES
+    with path.open("wb") as file:
+        file.truncate(size)  # sparse, but every page is read, and resident while mapped
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        grown_kib = pool.apply(_hashing_growth, (str(path), size))
+    assert grown_kib * 1024 < 2 * parallel.HASH_WINDOW_BYTES
+    assert parallel._hash_range(str(path), size)[0] == hashlib.sha256(bytes(size)).hexdigest()

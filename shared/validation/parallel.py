@@ -54,6 +54,8 @@ _FIND_BYTES = 64 * 1024  # read this much at a time when looking for the newline
 # the kernel and the next faulted its pages in again: ~115k minor faults and ~0.3 s of system
 # time per GB across the workers. Pieces of 256 KiB stay in the heap (a few hundred faults).
 READ_BYTES = 256 * 1024
+# The hashing worker maps this much of the file at a time (a multiple of mmap.ALLOCATIONGRANULARITY).
+HASH_WINDOW_BYTES = 16 * 1024 * 1024
 # How often the calling process, waiting for a worker's answer, checks that every worker still runs.
 WATCH_S = 0.5
 
@@ -128,10 +130,12 @@ def _hash_range(path: str, size: int) -> tuple[str, int]:
     with open(path, "rb") as file:  # noqa: PTH123 - a plain fd to map
         if (now := os.fstat(file.fileno()).st_size) < size:
             raise FileShrankError(_shrank(size, now))
-        if size:
-            with mmap.mmap(file.fileno(), size, prot=mmap.PROT_READ) as mapped, memoryview(mapped) as view:
-                for at in range(0, size, CHUNK_SIZE):
-                    digest.update(view[at : at + CHUNK_SIZE])
+        # A window at a time: pages of a mapping count in the resident set while it lasts.
+        for at in range(0, size, HASH_WINDOW_BYTES):
+            length = min(HASH_WINDOW_BYTES, size - at)
+            with mmap.mmap(file.fileno(), length, prot=mmap.PROT_READ, offset=at) as mapped, memoryview(mapped) as view:
+                for piece in range(0, length, CHUNK_SIZE):
+                    digest.update(view[piece : piece + CHUNK_SIZE])
     return digest.hexdigest(), size
 
 
