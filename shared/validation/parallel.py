@@ -96,7 +96,7 @@ class WorkerPool:
         for process in self._processes:
             if not process.is_alive():
                 if (now := path.stat().st_size) < size:
-                    raise FileShrankError(_shrank(size, now))
+                    raise FileShrankError(_shrank(now))
                 code = process.exitcode or 0
                 how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
                 raise WorkerLostError(f"a validation worker process ended ({how}) before it had answered")
@@ -129,7 +129,7 @@ def _hash_range(path: str, size: int) -> tuple[str, int]:
     digest = hashlib.sha256()
     with open(path, "rb") as file:  # noqa: PTH123 - a plain fd to map
         if (now := os.fstat(file.fileno()).st_size) < size:
-            raise FileShrankError(_shrank(size, now))
+            raise FileShrankError(_shrank(now))
         # A window at a time: pages of a mapping count in the resident set while it lasts.
         for at in range(0, size, HASH_WINDOW_BYTES):
             length = min(HASH_WINDOW_BYTES, size - at)
@@ -139,8 +139,8 @@ def _hash_range(path: str, size: int) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _shrank(size: int, now: int) -> str:
-    return f"the file shrank from {size:,} to {now:,} bytes while it was validated; validate it once it is written"
+def _shrank(now: int) -> str:
+    return f"the file shrank to {now:,} bytes while it was validated; validate it again once it is written"
 
 
 def scan_file(
@@ -213,8 +213,8 @@ def _read(fd: int, start: int, end: int) -> Iterator[bytes]:
     """The bytes from ``start`` to ``end``, in chunks, without moving the file's position."""
     while start < end:
         chunk = os.pread(fd, min(READ_BYTES, end - start), start)
-        if not chunk:  # the file shrank under us: check what there is
-            return
+        if not chunk:  # what was checked would not be the file the identity names
+            raise FileShrankError(_shrank(os.fstat(fd).st_size))
         start += len(chunk)
         yield chunk
 
