@@ -130,7 +130,7 @@ def test_big_files_use_the_cores_and_small_ones_do_not(tmp_path: Path, monkeypat
 _real_hash_range = parallel._hash_range
 
 
-def _hash_range_that_tells(path: str, size: int) -> tuple[str, int]:
+def _hash_range_that_tells(path: str, size: int) -> str:
     """The hash task, touching a file first (pickled by name, run in a forked worker)."""
     Path(os.environ["HASHING_STARTED"]).touch()
     return _real_hash_range(path, size)
@@ -181,14 +181,14 @@ def test_merged_line_numbers_are_shifted_and_clamped() -> None:
     assert list(merged.conversations) == [1, 2, 5, 1, 2, 5]
 
 
-def _hash_range_cut_short(path: str, size: int) -> tuple[str, int]:
+def _hash_range_cut_short(path: str, size: int) -> str:
     """The hash task when the file is cut short under its mapping: SIGBUS, as a real truncation gives."""
     with open(path, "rb") as file, mmap.mmap(file.fileno(), size, prot=mmap.PROT_READ) as mapped:  # noqa: PTH123
         os.truncate(path, 0)
-        return str(mapped[size - 1]), size  # a page the file no longer has
+        return str(mapped[size - 1])  # a page the file no longer has
 
 
-def _hash_range_after_a_cut(path: str, size: int) -> tuple[str, int]:
+def _hash_range_after_a_cut(path: str, size: int) -> str:
     os.truncate(path, size // 2)
     return _real_hash_range(path, size)
 
@@ -244,4 +244,4 @@ def test_hashing_a_big_file_maps_a_window_at_a_time(tmp_path: Path) -> None:
     with multiprocessing.get_context("fork").Pool(1) as pool:
         grown_kib = pool.apply(_hashing_growth, (str(path), size))
     assert grown_kib * 1024 < 2 * parallel.HASH_WINDOW_BYTES
-    assert parallel._hash_range(str(path), size)[0] == hashlib.sha256(bytes(size)).hexdigest()
+    assert parallel._hash_range(str(path), size) == hashlib.sha256(bytes(size)).hexdigest()

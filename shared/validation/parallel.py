@@ -60,7 +60,7 @@ HASH_WINDOW_BYTES = 16 * 1024 * 1024
 WATCH_S = 0.5
 
 Task = tuple[str, int, int, ValidationOptions]  # path, start, end, options
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class FileShrankError(OSError):
@@ -84,7 +84,7 @@ class WorkerPool:
         self.pool = multiprocessing.get_context("fork").Pool(workers)
         self._processes = [child for child in multiprocessing.active_children() if child not in before]
 
-    def wait(self, get: Callable[[float], T], path: Path, size: int) -> T:
+    def wait(self, get: Callable[[float], _T], path: Path, size: int) -> _T:
         """``get(timeout)``'s answer, checking between timeouts that no worker has died."""
         while True:
             try:
@@ -111,8 +111,8 @@ def start_workers(workers: int) -> WorkerPool:
     return WorkerPool(workers)
 
 
-def start_hashing(workers: WorkerPool, path: Path, size: int) -> AsyncResult[tuple[str, int]]:
-    """The SHA-256 of the first ``size`` bytes of ``path`` (the run identity) and how many there were.
+def start_hashing(workers: WorkerPool, path: Path, size: int) -> AsyncResult[str]:
+    """The SHA-256 of the first ``size`` bytes of ``path``: the run identity (all of them, or an error).
 
     Put first in the queue, so a worker starts on it at once. A worker process, not a thread:
     a thread here loses the GIL race to any Python code running beside it (the settings' imports)
@@ -121,7 +121,7 @@ def start_hashing(workers: WorkerPool, path: Path, size: int) -> AsyncResult[tup
     return workers.pool.apply_async(_hash_range, (str(path), size))
 
 
-def _hash_range(path: str, size: int) -> tuple[str, int]:
+def _hash_range(path: str, size: int) -> str:
     """Hash through a read-only mapping: reading into a buffer cost ~0.2 s of system time per GB.
 
     A page the file no longer has kills this process with SIGBUS; :class:`WorkerPool` notices.
@@ -136,7 +136,7 @@ def _hash_range(path: str, size: int) -> tuple[str, int]:
             with mmap.mmap(file.fileno(), length, prot=mmap.PROT_READ, offset=at) as mapped, memoryview(mapped) as view:
                 for piece in range(0, length, CHUNK_SIZE):
                     digest.update(view[piece : piece + CHUNK_SIZE])
-    return digest.hexdigest(), size
+    return digest.hexdigest()
 
 
 def _shrank(now: int) -> str:

@@ -66,7 +66,7 @@ def validate_path(
             result = scan_file(path, size, chosen, counter, pool, progress=progress)
             # The identity covers the whole file even when its first line stopped the pass: it must
             # not cover less than was checked, and the ranges were read beside it.
-            sha256, hashed = pool.wait(hashing.get, path, size)
+            sha256 = pool.wait(hashing.get, path, size)
         finally:
             pool.close()
     return _report(
@@ -75,7 +75,7 @@ def validate_path(
         exact=counter is not None,
         source=str(path),
         sha256=sha256,
-        size=hashed,
+        size=size,
         finding=finding,
     )
 
