@@ -45,21 +45,29 @@ from shared.validation.codes import (
 from shared.validation.options import ValidationOptions
 from shared.validation.records import NO_DIGEST, ExampleRecords
 from shared.validation.report import IssueLog
-from shared.validation.tokens import EXAMPLE_OVERHEAD, MESSAGE_OVERHEAD, ContentCounter, estimate
+from shared.validation.tokens import (
+    EXAMPLE_OVERHEAD,
+    MESSAGE_OVERHEAD,
+    SAMPLE_CHARS,
+    ContentCounter,
+    estimate,
+    from_extra_bytes,
+)
 
 TOP_LEVEL_KEYS = frozenset({"messages", "prompt", "prompt_id"})
 MESSAGE_KEYS = frozenset({"role", "content"})
 ROLES = frozenset({"system", "user", "assistant"})
 
 
-class Turn(msgspec.Struct, forbid_unknown_fields=True):
+# gc=False: these structs never take part in a reference cycle, so the collector need not track them.
+class Turn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """A message of a well-formed line: nothing but a valid role and a string content."""
 
     role: Literal["system", "user", "assistant"]
     content: str
 
 
-class Conversation(msgspec.Struct, forbid_unknown_fields=True):
+class Conversation(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """A well-formed line: any other shape is left to the slow path, which says what is wrong."""
 
     messages: Annotated[list[Turn], msgspec.Meta(min_length=1)]
@@ -214,21 +222,30 @@ class ExampleChecker:
                     )
                 continue
             ascii = content.isascii()
+            chars = len(content)
+            # The content's digest for the duplicate check. hash() of a str is SipHash over its code
+            # units, the biggest single cost of the checks (callgrind); UTF-8 and XXH3 are cheaper where
+            # the UTF-8 is cheap or needed anyway: an ASCII str encodes with one memcpy, and a short
+            # non-ASCII one is encoded whole for the token estimate. A long non-ASCII one would cost more
+            # to encode than to SipHash. Equal contents always take the same branch.
+            encoded = content.encode() if ascii or chars <= SAMPLE_CHARS else None
             if not content or content.isspace():
                 log.add(SCHEMA_CONTENT_EMPTY, number, f"message {index} ({role}) has empty content")
             elif counter is None:
-                # estimate()'s ASCII rule inlined: this line runs for every message of every example.
-                tokens += (len(content) + 3) // 4 if ascii else estimate(content)
+                # estimate()'s rule inlined where the UTF-8 is at hand: this runs for every message of every example.
+                if ascii:
+                    tokens += (chars + 3) // 4
+                elif encoded is not None:
+                    tokens += from_extra_bytes(chars, len(encoded) - chars)
+                else:
+                    tokens += estimate(content)
             else:
                 contents.append(content)
             # "|" alone is one memchr; the two-character search costs ~8x more per content (callgrind).
             if scan_reserved and "|" in content and "<|" in content:
                 self._reserved_tokens(number, index, content)
             key.append(role)  # a valid role or None: always hashable
-            # hash() of a str is SipHash over its code units, the biggest single cost of the checks
-            # (27%, callgrind); an ASCII str encodes with one memcpy, and that plus XXH3 is ~5x cheaper.
-            # Equal contents are equally ASCII, so they always take the same branch.
-            key.append(xxh3_64_intdigest(content.encode()) if ascii else content)
+            key.append(content if encoded is None else xxh3_64_intdigest(encoded))
 
         if assistant_turns == 0:
             log.add(CONVERSATION_NO_ASSISTANT, number, "no assistant message: there is nothing to learn from")

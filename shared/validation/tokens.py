@@ -41,6 +41,11 @@ def estimate(text: str) -> int:
     else:
         half = SAMPLE_CHARS // 2
         extra = (len((text[:half] + text[-half:]).encode()) - SAMPLE_CHARS) * chars // SAMPLE_CHARS
+    return from_extra_bytes(chars, extra)
+
+
+def from_extra_bytes(chars: int, extra: int) -> int:
+    """The rule itself: ``chars`` characters whose UTF-8 takes ``extra`` bytes beyond one per character."""
     return (chars + 2 * extra + 3) // 4
 
 
