@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from shared.validation.validator import PARALLEL_FROM_BYTES
 from tests.cli_process import run_cli as run
+from tests.paths import REPO
 from tests.test_validation import BASE, row, rows_with, write
 
 
@@ -111,3 +116,55 @@ def test_bad_settings_exit_2(tmp_path: Path, big: bool) -> None:
             file.write(b"\n" * PARALLEL_FROM_BYTES)
     result = run(tmp_path, "validate", str(path), FTPILOT_MAX_SEQ_LENGTH="lots")
     assert_usage_error(result, "bad settings: FTPILOT_MAX_SEQ_LENGTH")
+
+
+# The CLI on a small file, on every core, with the hashing and every range slowed down so that
+# Ctrl-C lands while all the processes run; the marker says a worker has its first range.
+_SLOW_PARALLEL_RUN = """
+import sys, time
+from pathlib import Path
+from shared.validation import hashing, parallel, validator
+
+validator.PARALLEL_FROM_BYTES = 1
+parallel.HEAD_BYTES = parallel.BLOCK_BYTES = 1_000  # ranges for the workers, not just the head
+marker = Path(sys.argv[2])
+real_scan, real_hash = parallel._scan_range, hashing.sha256_of
+
+def slow_scan(task):
+    marker.touch()
+    time.sleep(60)
+    return real_scan(task)
+
+def slow_hash(path, size):
+    time.sleep(60)
+    return real_hash(path, size)
+
+parallel._scan_range, hashing.sha256_of = slow_scan, slow_hash
+from shared.cli import main
+sys.exit(main(["validate", sys.argv[1]]))
+"""
+
+
+def test_ctrl_c_during_a_parallel_validation_is_one_line(tmp_path: Path) -> None:
+    """The terminal sends SIGINT to every process of the group: only the calling one may answer it."""
+    path = write(tmp_path, rows_with({}))
+    marker = tmp_path / "scanning"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FTPILOT_")} | {"PYTHONPATH": str(REPO)}
+    with subprocess.Popen(
+        [sys.executable, "-c", _SLOW_PARALLEL_RUN, str(path), str(marker)],
+        cwd=tmp_path,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a command
+    ) as process:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), process.communicate()[1]
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert err == "ftpilot: interrupted\n"  # no worker's traceback beside it
+    assert out == ""

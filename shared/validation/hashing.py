@@ -64,8 +64,18 @@ def sha256_of(path: str, size: int) -> str:
     return digest.hexdigest()
 
 
+def leave_interrupts_to_the_parent() -> None:
+    """Ignore Ctrl-C in a validation child: the terminal sends it to the whole process group.
+
+    The calling process stops on it (the CLI says "interrupted" in one line) and terminates its
+    children; a child that took the KeyboardInterrupt itself would print a traceback beside that.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _answer(send: Connection, path: str, size: int) -> None:
     """The hashing process: the digest, or the error that stopped it, through the pipe."""
+    leave_interrupts_to_the_parent()
     # A SIGBUS here is a file cut short, which the parent reports in one line: not a crash dump
     # on the user's terminal when faulthandler is on (PYTHONFAULTHANDLER, -X faulthandler, pytest).
     faulthandler.disable()

@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from shared.validation.hashing import FileShrankError, lost, shrank
+from shared.validation.hashing import FileShrankError, leave_interrupts_to_the_parent, lost, shrank
 from shared.validation.lines import iter_lines
 from shared.validation.options import ValidationOptions
 from shared.validation.report import IssueLog, Sample
@@ -65,7 +65,7 @@ class WorkerPool:
 
     def __init__(self, workers: int) -> None:
         before = set(multiprocessing.active_children())
-        self.pool = multiprocessing.get_context("fork").Pool(workers)
+        self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=leave_interrupts_to_the_parent)
         self._processes = [child for child in multiprocessing.active_children() if child not in before]
 
     def wait(self, get: Callable[[float], _T], path: Path, size: int) -> _T:
