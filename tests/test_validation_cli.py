@@ -168,3 +168,16 @@ def test_ctrl_c_during_a_parallel_validation_is_one_line(tmp_path: Path) -> None
     assert process.returncode == 130
     assert err == "ftpilot: interrupted\n"  # no worker's traceback beside it
     assert out == ""
+
+
+def test_the_command_exits_with_the_code_of_main_without_the_last_collection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ftpilot`` and ``python -m shared.cli`` run :func:`cli.run`: main's exit code, no last cycle collection."""
+    from shared import cli
+
+    frozen: list[bool] = []
+    monkeypatch.setattr(cli, "main", lambda: cli.EXIT_NO)
+    monkeypatch.setattr(cli.gc, "freeze", lambda: frozen.append(True))
+    with pytest.raises(SystemExit) as exit_:
+        cli.run()
+    assert exit_.value.code == cli.EXIT_NO
+    assert frozen == [True]
