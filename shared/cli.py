@@ -106,7 +106,9 @@ def _add_validate(commands: Commands) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from shared.validation import ValidationOptions, validate_path  # light: a big file's hashing starts first
+    import orjson
+
+    from shared.validation import ValidationOptions, validate_path
 
     path: Path = args.path
     if not path.is_file():
@@ -129,8 +131,6 @@ def _validate(args: argparse.Namespace) -> int:
         raise UsageError(f"{path}: {error.strerror or error}") from error
 
     if args.json:
-        import orjson
-
         sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         sys.stdout.write(report.to_markdown())

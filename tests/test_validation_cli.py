@@ -123,12 +123,12 @@ def test_bad_settings_exit_2(tmp_path: Path, big: bool) -> None:
 _SLOW_PARALLEL_RUN = """
 import sys, time
 from pathlib import Path
-from shared.validation import hashing, parallel, validator
+from shared.validation import parallel, validator
 
 validator.PARALLEL_FROM_BYTES = 1
 parallel.HEAD_BYTES = parallel.BLOCK_BYTES = 1_000  # ranges for the workers, not just the head
 marker = Path(sys.argv[2])
-real_scan, real_hash = parallel._scan_range, hashing.sha256_of
+real_scan, real_hash = parallel._scan_range, parallel._hash_range
 
 def slow_scan(task):
     marker.touch()
@@ -139,7 +139,7 @@ def slow_hash(path, size):
     time.sleep(60)
     return real_hash(path, size)
 
-parallel._scan_range, hashing.sha256_of = slow_scan, slow_hash
+parallel._scan_range, parallel._hash_range = slow_scan, slow_hash
 from shared.cli import main
 sys.exit(main(["validate", sys.argv[1]]))
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.validation import ValidationOptions, hashing, parallel, validate_path, validator
+from shared.validation import ValidationOptions, parallel, validate_path, validator
 from shared.validation.records import ExampleRecords
 from tests.test_validation import POSITIVE, encode, row, write
 
@@ -127,42 +127,34 @@ def test_big_files_use_the_cores_and_small_ones_do_not(tmp_path: Path, monkeypat
     assert used == [2]
 
 
-_real_sha256_of = hashing.sha256_of
+_real_hash_range = parallel._hash_range
 
 
-def _sha256_that_tells(path: str, size: int) -> str:
-    """The hashing, touching a file first and going on once the options are asked for (in the hashing process)."""
+def _hash_range_that_tells(path: str, size: int) -> str:
+    """The hash task, touching a file first (pickled by name, run in a forked worker)."""
     Path(os.environ["HASHING_STARTED"]).touch()
-    asked = Path(os.environ["OPTIONS_ASKED"])
-    for _ in range(500):
-        if asked.exists():
-            break
-        time.sleep(0.01)
-    return _real_sha256_of(path, size)
+    return _real_hash_range(path, size)
 
 
-def test_options_are_read_while_a_process_hashes_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_options_are_read_while_a_worker_hashes_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the options cost to find (the CLI reads the settings) overlaps the hashing on a big file."""
     path = write(tmp_path, [row(i) for i in range(30)])
-    started, asked = tmp_path / "hashing", tmp_path / "asked"
-    monkeypatch.setattr(hashing, "sha256_of", _sha256_that_tells)
+    started = tmp_path / "hashing"
+    monkeypatch.setattr(parallel, "_hash_range", _hash_range_that_tells)
     monkeypatch.setenv("HASHING_STARTED", str(started))
-    monkeypatch.setenv("OPTIONS_ASKED", str(asked))
-    calls: list[list[str]] = []
+    calls: list[int] = []
 
     def options() -> ValidationOptions:
         for _ in range(500):  # the hashing has begun before the options are asked for
             if started.exists():
                 break
             time.sleep(0.01)
-        calls.append(sorted(child.name for child in multiprocessing.active_children()))
-        asked.touch()
+        calls.append(len(multiprocessing.active_children()))
         return ValidationOptions(max_seq_length=30)
 
     report = validate_path(path, options, workers=2)
     assert started.exists()
-    assert calls == [["validation-hash"]]  # the scanning workers come later, with the options and the checks
-    assert multiprocessing.active_children() == []
+    assert calls == [2]
     serial = validate_path(path, ValidationOptions(max_seq_length=30), workers=1)
     assert report.to_dict() == serial.to_dict()  # the identity included: the whole file, hashed
     assert report.counts["tokens.too_long"] == 30  # the options that were read are the ones checked against
@@ -189,16 +181,16 @@ def test_merged_line_numbers_are_shifted_and_clamped() -> None:
     assert list(merged.conversations) == [1, 2, 5, 1, 2, 5]
 
 
-def _sha256_cut_short(path: str, size: int) -> str:
-    """The hashing when the file is cut short under its mapping: SIGBUS, as a real truncation gives."""
+def _hash_range_cut_short(path: str, size: int) -> str:
+    """The hash task when the file is cut short under its mapping: SIGBUS, as a real truncation gives."""
     with open(path, "rb") as file, mmap.mmap(file.fileno(), size, prot=mmap.PROT_READ) as mapped:  # noqa: PTH123
         os.truncate(path, 0)
         return str(mapped[size - 1])  # a page the file no longer has
 
 
-def _sha256_after_a_cut(path: str, size: int) -> str:
+def _hash_range_after_a_cut(path: str, size: int) -> str:
     os.truncate(path, size // 2)
-    return _real_sha256_of(path, size)
+    return _real_hash_range(path, size)
 
 
 def _scan_range_killed(task: parallel.Task) -> object:
@@ -206,14 +198,14 @@ def _scan_range_killed(task: parallel.Task) -> object:
     return None
 
 
-@pytest.mark.parametrize("sha256_of", [_sha256_cut_short, _sha256_after_a_cut])
+@pytest.mark.parametrize("hash_range", [_hash_range_cut_short, _hash_range_after_a_cut])
 def test_a_file_cut_short_while_it_is_validated_is_an_error_not_a_hang(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sha256_of: object
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hash_range: object
 ) -> None:
     path = write(tmp_path, [row(i) for i in range(30)])
-    monkeypatch.setattr(hashing, "sha256_of", sha256_of)
+    monkeypatch.setattr(parallel, "_hash_range", hash_range)
     monkeypatch.setattr(parallel, "WATCH_S", 0.05)
-    with pytest.raises(hashing.FileShrankError, match="shrank to "):
+    with pytest.raises(parallel.FileShrankError, match="shrank to "):
         validate_path(path, ValidationOptions(), workers=2)
     assert multiprocessing.active_children() == []
 
@@ -222,7 +214,7 @@ def test_a_range_the_file_no_longer_has_is_an_error(tmp_path: Path) -> None:
     """Read after the hash was done: the checks would cover less than the identity names."""
     path = write(tmp_path, [row(i) for i in range(30)])
     size = path.stat().st_size
-    with pytest.raises(hashing.FileShrankError, match=f"shrank to {size:,} bytes"):
+    with pytest.raises(parallel.FileShrankError, match=f"shrank to {size:,} bytes"):
         parallel._scan_range((str(path), 0, size + 100, ValidationOptions()))
 
 
@@ -231,7 +223,7 @@ def test_a_worker_killed_mid_range_is_an_error_not_a_hang(tmp_path: Path, monkey
     monkeypatch.setattr(parallel, "BLOCK_BYTES", 1_000)
     monkeypatch.setattr(parallel, "_scan_range", _scan_range_killed)
     monkeypatch.setattr(parallel, "WATCH_S", 0.05)
-    with pytest.raises(hashing.WorkerLostError, match="signal SIGKILL"):
+    with pytest.raises(parallel.WorkerLostError, match="signal SIGKILL"):
         validate_path(path, ValidationOptions(), workers=2)
     assert multiprocessing.active_children() == []
 
@@ -239,17 +231,17 @@ def test_a_worker_killed_mid_range_is_an_error_not_a_hang(tmp_path: Path, monkey
 def _hashing_growth(path: str, size: int) -> int:
     """How much the peak resident set of a fresh process grows while it hashes ``path`` (KiB)."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    hashing.sha256_of(path, size)
+    parallel._hash_range(path, size)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
 
 
 def test_hashing_a_big_file_maps_a_window_at_a_time(tmp_path: Path) -> None:
     """Mapped pages count in the resident set: the whole file mapped at once read as 971 MiB at 1 GB."""
     path = tmp_path / "big.jsonl"
-    size = 4 * hashing.HASH_WINDOW_BYTES
+    size = 4 * parallel.HASH_WINDOW_BYTES
     with path.open("wb") as file:
         file.truncate(size)  # sparse, but every page is read, and resident while mapped
     with multiprocessing.get_context("fork").Pool(1) as pool:
         grown_kib = pool.apply(_hashing_growth, (str(path), size))
-    assert grown_kib * 1024 < 2 * hashing.HASH_WINDOW_BYTES
-    assert hashing.sha256_of(str(path), size) == hashlib.sha256(bytes(size)).hexdigest()
+    assert grown_kib * 1024 < 2 * parallel.HASH_WINDOW_BYTES
+    assert parallel._hash_range(str(path), size) == hashlib.sha256(bytes(size)).hexdigest()

@@ -5,35 +5,40 @@ seconds on one core. Here the file is cut into ranges of ~``BLOCK_BYTES`` that b
 starts, and each worker process reads its own range straight from the file, frames its lines and
 runs the very same :class:`LineScanner` on them, numbering from 1; each partial :class:`Scan` is
 shifted to its place and merged in file order, so the report is the one-core pass's. Two offsets
-go to a worker and only the compact findings come back: no line crosses a pipe. The run's identity,
-the whole file's hash, comes from a process of its own (:mod:`shared.validation.hashing`).
+go to a worker and only the compact findings come back: no line crosses a pipe. The first task
+of all hashes the whole file (the run's identity), in a worker too.
 
 A range ends where the next begins: at the first line start at least ``BLOCK_BYTES`` after its
 own start. A line longer than that, even one longer than ``max_line_bytes``, so lies whole in one
 range, where ``iter_lines`` skips it chunk by chunk and reports it in its place. Finding the cuts
 reads a few bytes at each, in order, so a file without newlines is read once, not once per block.
 
-The workers are forked once this module and the options are loaded, so they inherit both, and
-Python's hash secret (the duplicate checks compare per-process ``hash()`` digests); they get the
-options with each range, and a worker loads the tokenizer, if any, on its first range. The first
-ranges are checked in the calling process until the first non-blank line has been seen: only it
-can show that a file is not JSON Lines at all, and then no range is sent anywhere.
+The workers are forked first, before the options are known (the calling process reads the
+settings while the file is hashed); they inherit Python's hash secret (the duplicate checks
+compare per-process ``hash()`` digests) and get the options with each range, and a worker loads
+the tokenizer, if any, on its first range. The first ranges are checked in the calling process
+until the first non-blank line has been seen: only it can show that a file is not JSON Lines at
+all, and then no range is sent anywhere.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
+import mmap
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
 from typing import TypeVar
 
-from shared.validation.hashing import FileShrankError, leave_interrupts_to_the_parent, lost, shrank
 from shared.validation.lines import iter_lines
 from shared.validation.options import ValidationOptions
+from shared.validation.reading import CHUNK_SIZE
 from shared.validation.report import IssueLog, Sample
 from shared.validation.scan import LineScanner, Scan
 from shared.validation.tokens import ContentCounter, load_counter
@@ -49,6 +54,8 @@ _FIND_BYTES = 64 * 1024  # read this much at a time when looking for the newline
 # the kernel and the next faulted its pages in again: ~115k minor faults and ~0.3 s of system
 # time per GB across the workers. Pieces of 256 KiB stay in the heap (a few hundred faults).
 READ_BYTES = 256 * 1024
+# The hashing worker maps this much of the file at a time (a multiple of mmap.ALLOCATIONGRANULARITY).
+HASH_WINDOW_BYTES = 16 * 1024 * 1024
 # How often the calling process, waiting for a worker's answer, checks that every worker still runs.
 WATCH_S = 0.5
 
@@ -56,16 +63,25 @@ Task = tuple[str, int, int, ValidationOptions]  # path, start, end, options
 _T = TypeVar("_T")
 
 
+class FileShrankError(OSError):
+    """The file was cut short while it was being validated: its report would describe no file."""
+
+
+class WorkerLostError(OSError):
+    """A worker process ended without answering (killed for memory, say)."""
+
+
 class WorkerPool:
     """The forked pool and the processes it started, so that a worker that dies is noticed.
 
     A ``multiprocessing.Pool`` replaces a worker that dies, but the task it held is never
-    answered: waiting for it would hang. A worker dies when the kernel kills it for memory, say.
+    answered: waiting for it would hang. The hashing worker dies of SIGBUS when the file is
+    cut short under its mapping; a scanning one when the kernel kills it for memory, say.
     """
 
     def __init__(self, workers: int) -> None:
         before = set(multiprocessing.active_children())
-        self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=leave_interrupts_to_the_parent)
+        self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=_leave_interrupts_to_the_parent)
         self._processes = [child for child in multiprocessing.active_children() if child not in before]
 
     def wait(self, get: Callable[[float], _T], path: Path, size: int) -> _T:
@@ -79,16 +95,61 @@ class WorkerPool:
     def _check(self, path: Path, size: int) -> None:
         for process in self._processes:
             if not process.is_alive():
-                raise lost(process, path, size)
+                if (now := path.stat().st_size) < size:
+                    raise FileShrankError(_shrank(now))
+                code = process.exitcode or 0
+                how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                raise WorkerLostError(f"a validation worker process ended ({how}) before it had answered")
 
     def close(self) -> None:
         self.pool.terminate()
         self.pool.join()
 
 
+def _leave_interrupts_to_the_parent() -> None:
+    """Ignore Ctrl-C in a worker: the terminal sends it to the whole process group.
+
+    The calling process stops on it (the CLI says "interrupted" in one line) and terminates the
+    pool; a worker that took the KeyboardInterrupt itself would print a traceback beside that.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def start_workers(workers: int) -> WorkerPool:
     """Fork the workers now, before any thread exists in this process."""
     return WorkerPool(workers)
+
+
+def start_hashing(workers: WorkerPool, path: Path, size: int) -> AsyncResult[str]:
+    """The SHA-256 of the first ``size`` bytes of ``path``: the run identity (all of them, or an error).
+
+    Put first in the queue, so a worker starts on it at once. A worker process, not a thread:
+    a thread here loses the GIL race to any Python code running beside it (the settings' imports)
+    and waits a switch interval, 5 ms, for every 1 ms megabyte it hashes; a core sat half idle.
+    """
+    return workers.pool.apply_async(_hash_range, (str(path), size))
+
+
+def _hash_range(path: str, size: int) -> str:
+    """Hash through a read-only mapping: reading into a buffer cost ~0.2 s of system time per GB.
+
+    A page the file no longer has kills this process with SIGBUS; :class:`WorkerPool` notices.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:  # noqa: PTH123 - a plain fd to map
+        if (now := os.fstat(file.fileno()).st_size) < size:
+            raise FileShrankError(_shrank(now))
+        # A window at a time: pages of a mapping count in the resident set while it lasts.
+        for at in range(0, size, HASH_WINDOW_BYTES):
+            length = min(HASH_WINDOW_BYTES, size - at)
+            with mmap.mmap(file.fileno(), length, prot=mmap.PROT_READ, offset=at) as mapped, memoryview(mapped) as view:
+                for piece in range(0, length, CHUNK_SIZE):
+                    digest.update(view[piece : piece + CHUNK_SIZE])
+    return digest.hexdigest()
+
+
+def _shrank(now: int) -> str:
+    return f"the file shrank to {now:,} bytes while it was validated; validate it again once it is written"
 
 
 def scan_file(
@@ -162,7 +223,7 @@ def _read(fd: int, start: int, end: int) -> Iterator[bytes]:
     while start < end:
         chunk = os.pread(fd, min(READ_BYTES, end - start), start)
         if not chunk:  # what was checked would not be the file the identity names
-            raise FileShrankError(shrank(os.fstat(fd).st_size))
+            raise FileShrankError(_shrank(os.fstat(fd).st_size))
         start += len(chunk)
         yield chunk
 

@@ -1,7 +1,7 @@
 """Validation entry points: bytes in, a Report out, in one pass and constant memory.
 
 On one core a helper thread reads and hashes the chunks (the hash is the run identity, so it
-covers exactly what was validated); on many, a process of its own hashes the file while workers
+covers exactly what was validated); on many, a worker process hashes the file while the others
 check its ranges. The head is sniffed for binary formats and foreign encodings; every line is
 decoded once (msgspec for well-formed lines, orjson for the rest) and checked; whole-file
 checks (duplicates, dataset size) run at the end on the compact per-example records.
@@ -14,17 +14,14 @@ import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from shared.validation.codes import DATASET_FEW, DATASET_TOO_FEW, EXAMPLE_DUPLICATE, PROMPT_ID_DUPLICATE
 from shared.validation.options import ValidationOptions
 from shared.validation.reading import CHUNK_SIZE, ReadAhead
 from shared.validation.report import IssueLog, Report
+from shared.validation.scan import Scan, scan
 from shared.validation.sniff import SNIFF_BYTES, Finding, sniff
 from shared.validation.tokens import load_counter
-
-if TYPE_CHECKING:
-    from shared.validation.scan import Scan
 
 # OpenAI and Azure OpenAI refuse training files with fewer examples than this.
 MIN_EXAMPLES = 10
@@ -43,11 +40,10 @@ def validate_path(
 ) -> Report:
     """Validate a local file, streamed in 1 MiB chunks; big files on every core (up to ``MAX_WORKERS``).
 
-    With more than one worker, a process of its own hashes the file while the workers read its
-    lines themselves: the same report as one core's, in less wall time. The hashing process is
-    started first, before ``options`` is called and before the checks' own modules are imported,
-    so whatever those cost (the CLI reads the settings) runs beside it instead of before it while
-    a core idles.
+    With more than one worker, the workers read the lines from the file themselves, and one of
+    them reads it once more, first, to hash it: the same report as one core's, in less wall time.
+    The hashing starts before ``options`` is called, so whatever that does (the CLI reads the
+    settings) runs beside it instead of before it while a core idles.
     """
     path = Path(path)
     with path.open("rb") as file:
@@ -58,26 +54,21 @@ def validate_path(
         finding = sniff(os.pread(file.fileno(), SNIFF_BYTES, 0)) if workers > 1 else None
         if workers == 1 or (finding and finding.fatal):  # not JSON Lines text at all: a few kilobytes tell
             return validate_chunks(chunks, _chosen(options), source=str(path), progress=progress)
-    # Imported here: the blob function validates on one core and need not load multiprocessing.
-    from shared.validation.hashing import Hashing
-
-    hashing = Hashing(path, size)
-    pool = None
-    try:
-        chosen = _chosen(options)
-        from shared.validation.parallel import scan_file, start_workers  # the checks: msgspec, orjson
+        # Imported here: the blob function validates on one core and need not load multiprocessing.
+        from shared.validation.parallel import scan_file, start_hashing, start_workers
 
         pool = start_workers(workers)
-        counter = load_counter(chosen.tokenizer)  # before any range is sent: a bad tokenizer fails fast
-        importlib.import_module("shared.validation.stats")  # numpy, 0.09 s: here it overlaps the hashing
-        result = scan_file(path, size, chosen, counter, pool, progress=progress)
-        # The identity covers the whole file even when its first line stopped the pass: it must
-        # not cover less than was checked, and the ranges were read beside it.
-        sha256 = hashing.result()
-    finally:
-        if pool is not None:
+        hashing = start_hashing(pool, path, size)  # first in the queue: a worker hashes while the options come
+        try:
+            chosen = _chosen(options)
+            counter = load_counter(chosen.tokenizer)  # before any range is sent: a bad tokenizer fails fast
+            importlib.import_module("shared.validation.stats")  # numpy, 0.09 s: here it overlaps the hashing
+            result = scan_file(path, size, chosen, counter, pool, progress=progress)
+            # The identity covers the whole file even when its first line stopped the pass: it must
+            # not cover less than was checked, and the ranges were read beside it.
+            sha256 = pool.wait(hashing.get, path, size)
+        finally:
             pool.close()
-        hashing.close()
     return _report(
         result,
         chosen,
@@ -107,8 +98,6 @@ def validate_chunks(
     Raises ValueError for unusable options (a tokenizer that cannot be loaded) and whatever
     iterating ``chunks`` raises; everything about the data itself ends up in the report.
     """
-    from shared.validation.scan import Scan, scan  # msgspec and orjson: imported once there is something to check
-
     counter = load_counter(options.tokenizer)  # before reading: a bad tokenizer fails fast
     reader = ReadAhead(chunks)
     try:
