@@ -10,6 +10,8 @@ import os
 import random
 import resource
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 
 from shared.validation import ValidationOptions, parallel, validate_path, validator
 from shared.validation.records import ExampleRecords
+from tests.paths import REPO
 from tests.test_validation import POSITIVE, encode, row, write
 
 
@@ -208,6 +211,40 @@ def test_a_file_cut_short_while_it_is_validated_is_an_error_not_a_hang(
     with pytest.raises(parallel.FileShrankError, match="shrank to "):
         validate_path(path, ValidationOptions(), workers=2)
     assert multiprocessing.active_children() == []
+
+
+# A process of its own, with faulthandler on as PYTHONFAULTHANDLER=1 would set it: the hashing
+# worker dies of SIGBUS, and only the calling process may say so.
+_CUT_SHORT_UNDER_THE_HASH = """
+import mmap, os, sys
+from shared.validation import ValidationOptions, parallel, validate_path
+
+def cut_short(path, size):
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), size, prot=mmap.PROT_READ) as mapped:
+        os.truncate(path, 0)
+        return str(mapped[size - 1])
+
+parallel._hash_range = cut_short
+parallel.WATCH_S = 0.05
+try:
+    validate_path(sys.argv[1], ValidationOptions(), workers=2)
+except parallel.FileShrankError as error:
+    print(error)
+"""
+
+
+def test_a_file_cut_short_under_the_hash_is_one_line_even_with_faulthandler_on(tmp_path: Path) -> None:
+    path = write(tmp_path, [row(i) for i in range(30)])
+    result = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", _CUT_SHORT_UNDER_THE_HASH, str(path)],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+        timeout=60,
+        check=False,
+    )
+    assert "shrank to 0 bytes" in result.stdout, result.stderr
+    assert result.stderr == ""  # no "Fatal Python error: Bus error" dump from the worker
 
 
 def test_a_range_the_file_no_longer_has_is_an_error(tmp_path: Path) -> None:

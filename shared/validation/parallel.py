@@ -23,6 +23,7 @@ all, and then no range is sent anywhere.
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import hashlib
 import itertools
@@ -81,7 +82,7 @@ class WorkerPool:
 
     def __init__(self, workers: int) -> None:
         before = set(multiprocessing.active_children())
-        self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=_leave_interrupts_to_the_parent)
+        self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=_leave_signals_to_the_parent)
         self._processes = [child for child in multiprocessing.active_children() if child not in before]
 
     def wait(self, get: Callable[[float], _T], path: Path, size: int) -> _T:
@@ -106,13 +107,17 @@ class WorkerPool:
         self.pool.join()
 
 
-def _leave_interrupts_to_the_parent() -> None:
-    """Ignore Ctrl-C in a worker: the terminal sends it to the whole process group.
+def _leave_signals_to_the_parent() -> None:
+    """A worker's end is the calling process's to report, in one line: no traceback, no crash dump.
 
-    The calling process stops on it (the CLI says "interrupted" in one line) and terminates the
-    pool; a worker that took the KeyboardInterrupt itself would print a traceback beside that.
+    Ctrl-C: the terminal sends it to the whole process group; the calling process stops on it (the
+    CLI says "interrupted") and terminates the pool, so a worker ignores it instead of printing a
+    traceback. SIGBUS: the hashing worker dies of it when the file is cut short under its mapping,
+    which the calling process reports; faulthandler, when on (PYTHONFAULTHANDLER, -X faulthandler,
+    pytest), would add a "Fatal Python error" dump.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.disable()
 
 
 def start_workers(workers: int) -> WorkerPool:
