@@ -45,14 +45,7 @@ from shared.validation.codes import (
 from shared.validation.options import ValidationOptions
 from shared.validation.records import NO_DIGEST, ExampleRecords
 from shared.validation.report import IssueLog
-from shared.validation.tokens import (
-    EXAMPLE_OVERHEAD,
-    MESSAGE_OVERHEAD,
-    SAMPLE_CHARS,
-    ContentCounter,
-    estimate,
-    from_extra_bytes,
-)
+from shared.validation.tokens import EXAMPLE_OVERHEAD, MESSAGE_OVERHEAD, SAMPLE_CHARS, ContentCounter, estimate
 
 TOP_LEVEL_KEYS = frozenset({"messages", "prompt", "prompt_id"})
 MESSAGE_KEYS = frozenset({"role", "content"})
@@ -232,13 +225,8 @@ class ExampleChecker:
             if not content or content.isspace():
                 log.add(SCHEMA_CONTENT_EMPTY, number, f"message {index} ({role}) has empty content")
             elif counter is None:
-                # estimate()'s rule inlined where the UTF-8 is at hand: this runs for every message of every example.
-                if ascii:
-                    tokens += (chars + 3) // 4
-                elif encoded is not None:
-                    tokens += from_extra_bytes(chars, len(encoded) - chars)
-                else:
-                    tokens += estimate(content)
+                # estimate()'s ASCII rule inlined: this line runs for every message of every example.
+                tokens += (chars + 3) // 4 if ascii else estimate(content, encoded)
             else:
                 contents.append(content)
             # "|" alone is one memchr; the two-character search costs ~8x more per content (callgrind).

@@ -31,21 +31,19 @@ SAMPLE_CHARS = 1024
 ContentCounter = Callable[[list[str]], int]
 
 
-def estimate(text: str) -> int:
-    """Estimated tokens of one message content (see the module docstring for the rule)."""
+def estimate(text: str, utf8: bytes | None = None) -> int:
+    """Estimated tokens of one message content (see the module docstring for the rule).
+
+    ``utf8``: the content already encoded, if the caller has it, so a short one is not encoded twice.
+    """
     chars = len(text)
     if text.isascii():  # O(1) in CPython: the common case costs no scan at all
         return (chars + 3) // 4
     if chars <= SAMPLE_CHARS:
-        extra = len(text.encode()) - chars  # the bytes beyond one per character
+        extra = len(text.encode() if utf8 is None else utf8) - chars  # the bytes beyond one per character
     else:
         half = SAMPLE_CHARS // 2
         extra = (len((text[:half] + text[-half:]).encode()) - SAMPLE_CHARS) * chars // SAMPLE_CHARS
-    return from_extra_bytes(chars, extra)
-
-
-def from_extra_bytes(chars: int, extra: int) -> int:
-    """The rule itself: ``chars`` characters whose UTF-8 takes ``extra`` bytes beyond one per character."""
     return (chars + 2 * extra + 3) // 4
 
 
