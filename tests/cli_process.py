@@ -33,8 +33,7 @@ def console_command() -> Path:
 def run_cli(cwd: Path, *args: str, console: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
     """``python -m shared.cli ARGS`` (or, with ``console``, ``ftpilot ARGS``) in ``cwd`` (no
     local.settings.json there), with no FTPILOT_* or HF_* settings from this shell but those in ``env``."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("FTPILOT_", "HF_"))}
-    environment |= {"PYTHONPATH": str(REPO), **env}
+    environment = cli_environment(**env)
     if console:
         environment.pop("PYTHONPATH")  # the installed command finds the package on its own
     command = [str(console_command())] if console else [sys.executable, "-m", "shared.cli"]
@@ -47,6 +46,12 @@ def run_cli(cwd: Path, *args: str, console: bool = False, **env: str) -> subproc
         timeout=120,
         check=False,
     )
+
+
+def cli_environment(**env: str) -> dict[str, str]:
+    """This shell's environment without its FTPILOT_* or HF_* settings, plus ``env``, finding the repository's code."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("FTPILOT_", "HF_"))}
+    return environment | {"PYTHONPATH": str(REPO), **env}
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from shared.validation.validator import PARALLEL_FROM_BYTES
+from tests.cli_process import cli_environment
 from tests.cli_process import run_cli as run
-from tests.paths import REPO
 from tests.test_validation import BASE, row, rows_with, write
 
 
@@ -149,11 +149,10 @@ def test_ctrl_c_during_a_parallel_validation_is_one_line(tmp_path: Path) -> None
     """The terminal sends SIGINT to every process of the group: only the calling one may answer it."""
     path = write(tmp_path, rows_with({}))
     marker = tmp_path / "scanning"
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("FTPILOT_")} | {"PYTHONPATH": str(REPO)}
     with subprocess.Popen(
         [sys.executable, "-c", _SLOW_PARALLEL_RUN, str(path), str(marker)],
         cwd=tmp_path,
-        env=environment,
+        env=cli_environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
