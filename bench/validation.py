@@ -5,11 +5,11 @@
 For each size, an ultrachat-shaped file is generated once (bench/.data/, gitignored). Then
 ``--runs`` rounds each time, on a warm page cache and compiled bytecode, each as its own
 process, the parse-only limit, ``python -m shared.cli validate --json`` and the baseline
-(bench/pandas_baseline.py: pandas.read_json plus the same checks over the DataFrame); the wall time includes interpreter
-start-up and imports, as a user sees it. The medians are compared. Rounds, not all runs of one
-tool and then the other's: the host's neighbours move wall times here by up to 40% from one
-minute to the next, and a slow spell should fall on both tools alike. Both tools must agree on
-the verdict and the token statistics, or the comparison is void.
+(bench/pandas_baseline.py: pandas.read_json plus the same checks over the DataFrame); the wall
+time includes interpreter start-up and imports, as a user sees it. The medians are compared.
+Rounds, not all runs of one tool and then the other's: the host's neighbours move wall times
+here by up to 40% from one minute to the next, and a slow spell should fall on both tools alike.
+Both tools must agree on the verdict and the token statistics, or the comparison is void.
 
 The parse-only limit is the file decoded line by line, one core, with the fastest JSON decoder
 installed (each candidate timed once first; the fastest is timed in every round). It is what
