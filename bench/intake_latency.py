@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     size = parse_size(args.size)
     files = [ensure_dataset(size, seed=seed) for seed in range(1, args.uploads + 1)]
     with azurite() as server:
-        services = services_on(server, FakePlatform())
+        # A training slot for every upload: the fake's jobs never finish, and a queued run is not the figure.
+        services = services_on(server, FakePlatform(), max_training_runs=args.uploads + 1)
         handle(services, "incoming/warm-up.jsonl", dataset(40))
         handled, floor = [], []
         for index, path in enumerate(files):
