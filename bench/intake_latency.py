@@ -7,8 +7,9 @@ instant, so the figure is ftpilot's own work): each upload is a different ultrac
 file (bench/datagen.py, one seed per upload, so no upload dedupes against another). Once
 the upload has completed, the blob function ``functions.intake.intake`` is called with a
 fresh SDK ``BlobClient``, as the blob extension binds it, and timed until it returns; the
-run record must then be ``submitted``. The handler reads the blob three times (validation,
-then the split's two passes), writes the report and both splits and updates the record. One
+run record must then be ``submitted``. The handler reads the blob twice (validation, which
+collects the split keys as it parses, then the split's writing pass), writes the report and
+both splits and updates the record. One
 small upload first, untimed, so lazy imports and client set-up are not counted (the cold
 start benchmark covers those). Baseline in the same run: downloading the same blob's bytes
 once, the floor for anything that reads it.

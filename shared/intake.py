@@ -10,6 +10,7 @@ The uploaded blob is only ever read (pinned to the ETag seen first), never chang
 from __future__ import annotations
 
 import logging
+from array import array
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -104,8 +105,13 @@ def _process(upload: Upload, client: BlobClient, services: Services) -> Outcome:
     settings = services.settings
     options = ValidationOptions.from_settings(settings)
     main = _PinnedBlob(client)
-    report = validate_chunks(main.chunks(), options, source=upload.name)
-    sidecar, sidecar_report = _sidecar(upload, services, options)
+    sidecar = _sidecar(upload, services)
+    # With no sidecar the upload is split: its keys come out of this pass, so the split parses nothing.
+    split_keys = array("Q") if sidecar is None else None
+    report = validate_chunks(main.chunks(), options, source=upload.name, split_keys=split_keys)
+    sidecar_report = None
+    if sidecar is not None:
+        sidecar_report = validate_chunks(sidecar.chunks(), options, source=sidecar.client.blob_name)
     valid = report.valid and (sidecar_report is None or sidecar_report.valid)
     run_id = run_id_for(report.sha256, sidecar_report.sha256 if sidecar_report else "")
     bind(run_id=run_id)
@@ -161,20 +167,17 @@ def _process(upload: Upload, client: BlobClient, services: Services) -> Outcome:
     if not _resumable(record):
         log.info("intake: %r already handled as run %s (%s)", upload.name, run_id, record.state)
         return Outcome(upload.name, "already", run_id, record.job_name)
-    return _submit(upload, record, main, sidecar, services=services, report=report)
+    return _submit(upload, record, main, sidecar, services=services, report=report, split_keys=split_keys)
 
 
-def _sidecar(
-    upload: Upload, services: Services, options: ValidationOptions
-) -> tuple[_PinnedBlob | None, Report | None]:
+def _sidecar(upload: Upload, services: Services) -> _PinnedBlob | None:
+    """The upload's test-split sidecar, pinned, if there is one."""
     from azure.core.exceptions import ResourceNotFoundError
 
-    client = services.storage.blob(sidecar_name(upload.name))
     try:
-        pinned = _PinnedBlob(client)
+        return _PinnedBlob(services.storage.blob(sidecar_name(upload.name)))
     except ResourceNotFoundError:
-        return None, None
-    return pinned, validate_chunks(pinned.chunks(), options, source=client.blob_name)
+        return None
 
 
 def _invalid_reason(report: Report, sidecar_report: Report | None) -> str:
@@ -197,6 +200,7 @@ def _submit(
     *,
     services: Services,
     report: Report,
+    split_keys: array | None,
 ) -> Outcome:
     """Check what can be checked before any GPU time, split, queue; then let admission submit it."""
     settings = services.settings
@@ -215,7 +219,7 @@ def _submit(
         if refused.state is not RunState.REFUSED:
             return Outcome(upload.name, "already", run_id, reason="a duplicate upload submitted it")
         return Outcome(upload.name, "refused", run_id, reason=limit.reason)
-    _prepare(record, main, sidecar, services)
+    _prepare(record, main, sidecar, services, split_keys)
 
     # The wall clock, not the run clock: an order among one second's uploads, not a deadline.
     place = {"uploaded_at": main.uploaded_at, "queued_at": datetime.now(UTC).isoformat()}
@@ -256,8 +260,17 @@ def _failed(services: Services, run_id: str, reason: str) -> RunRecord:
     )
 
 
-def _prepare(record: RunRecord, main: _PinnedBlob, sidecar: _PinnedBlob | None, services: Services) -> tuple[str, str]:
-    """Write the train/test files once; a rerun finds them and moves on."""
+def _prepare(
+    record: RunRecord,
+    main: _PinnedBlob,
+    sidecar: _PinnedBlob | None,
+    services: Services,
+    split_keys: array | None,
+) -> tuple[str, str]:
+    """Write the train/test files once; a rerun finds them and moves on.
+
+    ``split_keys``: the main upload's, from its validation (same ETag, same bytes), when it is split.
+    """
     from shared.split import split
 
     settings = services.settings
@@ -267,7 +280,7 @@ def _prepare(record: RunRecord, main: _PinnedBlob, sidecar: _PinnedBlob | None, 
         return train_name, test_name
     train, test = BlockWriter(services.storage.blob(train_name)), BlockWriter(services.storage.blob(test_name))
     if sidecar is None:
-        counts = split(main.chunks, settings.test_fraction, train.write, test.write)
+        counts = split(main.chunks, settings.test_fraction, train.write, test.write, keys=split_keys)
         note = f"split {counts.train} train / {counts.test} test"
     else:
         # Used as uploaded, not re-split; only the line framing is normalised (BOM, CRLF, blank lines).

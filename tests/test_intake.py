@@ -12,6 +12,7 @@ from functions.intake import intake
 from shared.intake import _PinnedBlob, handle_upload
 from shared.runs import RunState
 from shared.services import Services
+from shared.split import split
 from tests.data import dataset, example, jsonl
 
 
@@ -144,6 +145,31 @@ def test_split_is_stable_across_uploads(services: Services, fake_platform) -> No
     assert read(services, request.train.path) == train
     assert read(services, request.test.path) == test
     assert len(test.splitlines()) == 5
+
+
+def test_an_upload_is_read_twice_and_parsed_once(
+    services: Services, fake_platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation collects the split keys as it parses: the split only reads the upload again, to write it."""
+    downloads: list[str] = []
+    chunks = _PinnedBlob.chunks
+
+    def counted(pinned: _PinnedBlob):
+        downloads.append(pinned.client.blob_name)
+        return chunks(pinned)
+
+    monkeypatch.setattr(_PinnedBlob, "chunks", counted)
+    content = dataset(60).replace(b"\n", b"\r\n\n")  # blank lines and CRLF: lines and examples differ
+    outcome = handle_upload(upload(services, "incoming/chat.jsonl", content), services)
+
+    assert outcome.action == "submitted"
+    assert downloads == ["incoming/chat.jsonl", "incoming/chat.jsonl"]
+    expected_train: list[bytes] = []
+    expected_test: list[bytes] = []
+    split(lambda: [content], services.settings.test_fraction, expected_train.append, expected_test.append)
+    request = fake_platform.requests[outcome.job_name]
+    assert read(services, request.train.path) == b"".join(expected_train)
+    assert read(services, request.test.path) == b"".join(expected_test)
 
 
 def test_sidecar_test_split_is_used_as_is(services: Services, fake_platform) -> None:

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import json
+from array import array
 
 import pytest
 
-from shared.split import holdout_size, split
+from shared import split_key
+from shared.split import SplitKeysMismatchError, holdout_size, split
+from shared.validation import ValidationOptions, validate_chunks
 from tests.data import dataset, example, jsonl
 
 
-def run_split(content: bytes, fraction: float, chunk: int = 7) -> tuple[list[bytes], list[bytes]]:
+def run_split(
+    content: bytes, fraction: float, chunk: int = 7, keys: array | None = None
+) -> tuple[list[bytes], list[bytes]]:
     train: list[bytes] = []
     test: list[bytes] = []
 
     def chunks():
         return (content[i : i + chunk] for i in range(0, len(content), chunk))
 
-    counts = split(chunks, fraction, train.append, test.append)
+    counts = split(chunks, fraction, train.append, test.append, keys=keys)
     assert (counts.train, counts.test) == (len(train), len(test))
     return train, test
 
@@ -56,3 +61,41 @@ def test_blank_lines_and_crlf_are_not_examples() -> None:
 @pytest.mark.parametrize(("n", "fraction", "k"), [(10, 0.1, 1), (10, 0.01, 1), (2, 0.9, 1), (1000, 0.1, 100)])
 def test_holdout_size(n: int, fraction: float, k: int) -> None:
     assert holdout_size(n, fraction) == k
+
+
+def validated_keys(content: bytes) -> array:
+    keys = array("Q")
+    report = validate_chunks([content], ValidationOptions(), source="chat.jsonl", split_keys=keys)
+    assert report.valid
+    return keys
+
+
+def test_keys_from_validation_split_the_same_without_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Intake's way (keys collected while validating) gives the split's own result, and parses no line again."""
+    content = b"\xef\xbb\xbf" + dataset(120).replace(b"\n", b"\r\n\n")  # BOM, CRLF, blank lines: same framing
+    expected = run_split(content, 0.1)
+    keys = validated_keys(content)
+    monkeypatch.setattr(split_key, "of_line", lambda line: pytest.fail("a line was parsed again"))
+    assert run_split(content, 0.1, keys=keys) == expected
+    assert len(expected[1]) == 12
+
+
+@pytest.mark.parametrize("change", ["fewer", "more"])
+def test_keys_for_other_bytes_are_refused(change: str) -> None:
+    content = dataset(20)
+    keys = validated_keys(content)
+    if change == "fewer":
+        keys.pop()
+    else:
+        keys.append(0)
+    with pytest.raises(SplitKeysMismatchError):
+        run_split(content, 0.1, keys=keys)
+
+
+def test_the_split_key_of_a_line_does_not_change() -> None:
+    """Pinned: a new key would put the examples of every dataset uploaded again on other sides."""
+    line = (
+        b'{"prompt":"Hi","messages":[{"role":"user","content":"Hi"},'
+        b'{"content":"Hello! \\u00e9","role":"assistant"}],"prompt_id":"p1"}'
+    )
+    assert split_key.of_line(line) == 4037463066076039467  # blake2b-64 of the sorted-key JSON of the messages

@@ -10,13 +10,15 @@ too, so escapes, duplicate keys, odd types and encodings all meet both decoders.
 from __future__ import annotations
 
 import random
+from array import array
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from shared.validation import ValidationOptions, checks, scan, validate_path
+from shared import split_key
+from shared.validation import ValidationOptions, checks, scan, validate_chunks, validate_path
 from tests.test_validation import POSITIVE, encode, row, write
 from tests.test_validation_parallel import everything_wrong
 from tests.test_validation_tokens import save_word_tokenizer
@@ -159,3 +161,38 @@ def test_a_dataset_that_is_never_well_formed_stops_trying(tmp_path: Path, monkey
     report = validate_path(path, OPTIONS, workers=1)
     assert report.counts["schema.unknown_key"] == 1000
     assert tries == scan._MISSES_TOLERATED
+
+
+def _recorded(line: bytes) -> bool:
+    """Whether validation keeps a record of the line: a JSON object with a non-empty list of messages."""
+    try:
+        example = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return type(example) is dict and type(example.get("messages")) is list and bool(example["messages"])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_split_keys_are_the_split_s_own_on_both_paths(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Intake's split keys, collected while validating, are what the split would compute from each line."""
+    rng = random.Random(100 + seed)
+    lines = [mutations(rng, i) for i in range(400)]
+    expected = [split_key.of_line(line) for line in lines if _recorded(line)]
+    taken = 0
+    decode = checks.decode_well_formed
+
+    def counting(raw: bytes) -> checks.Conversation:
+        nonlocal taken
+        decoded = decode(raw)
+        taken += 1
+        return decoded
+
+    for tolerated in (10**9, 0):  # the fast path on every line it takes, then never
+        keys = array("Q")
+        with monkeypatch.context() as patch:
+            patch.setattr(scan, "decode_well_formed", counting)
+            patch.setattr(scan, "_MISSES_TOLERATED", tolerated)
+            validate_chunks([b"\n".join(lines)], OPTIONS, source="mutations.jsonl", split_keys=keys)
+        assert list(keys) == expected
+    assert 100 < taken < 400  # both paths ran, on many lines each
+    assert len(expected) > 200

@@ -18,12 +18,14 @@ same line (a differential test pins it).
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from xxhash import xxh3_64_intdigest
 
+from shared import split_key
 from shared.validation.codes import (
     CONTENT_RESERVED_TOKEN,
     CONVERSATION_LAST_NOT_ASSISTANT,
@@ -96,15 +98,25 @@ def describe(value: object) -> str:
 
 
 class ExampleChecker:
-    """Runs every per-example check and records the example's numbers."""
+    """Runs every per-example check and records the example's numbers.
+
+    ``split_keys``: where to append each recorded example's split key (``shared.split_key``), for
+    intake to split the upload without parsing it again; None (the default) computes none.
+    """
 
     def __init__(
-        self, options: ValidationOptions, log: IssueLog, records: ExampleRecords, counter: ContentCounter | None
+        self,
+        options: ValidationOptions,
+        log: IssueLog,
+        records: ExampleRecords,
+        counter: ContentCounter | None,
+        split_keys: array | None = None,
     ) -> None:
         self.options = options
         self.log = log
         self.records = records
         self.counter = counter
+        self.split_keys = split_keys
 
     def check(self, number: int, example: dict[str, Any], raw: bytes) -> bool:
         """Check the example on line ``number`` (``raw`` is its line); True when it has no error."""
@@ -126,6 +138,8 @@ class ExampleChecker:
                 )
             return False
         self._conversation(number, len(messages), self._messages(number, messages), raw, prompt_id)
+        if self.split_keys is not None:
+            self.split_keys.append(split_key.of_messages(messages))
         return log.errors == errors_before
 
     def check_well_formed(self, number: int, example: Conversation, raw: bytes) -> bool:
@@ -134,6 +148,8 @@ class ExampleChecker:
         prompt_id = self._prompt_id(number, example.prompt_id)
         messages = example.messages
         self._conversation(number, len(messages), enumerate(messages, 1), raw, prompt_id)
+        if self.split_keys is not None:
+            self.split_keys.append(split_key.of_turns(messages))
         return self.log.errors == errors_before
 
     def _messages(self, number: int, messages: list[Any]) -> Iterator[tuple[int, _Message]]:

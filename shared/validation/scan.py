@@ -6,6 +6,7 @@ runs them on the :class:`Scan` this pass returns.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -57,14 +58,21 @@ class LineScanner:
 
     ``at_start``: this scanner is to see the file's first non-blank line (it stays True until
     it has), which alone decides whether the file is JSON Lines at all (a JSON array or a
-    pretty-printed object stops the pass there).
+    pretty-printed object stops the pass there). ``split_keys``: see :class:`ExampleChecker`.
     """
 
-    def __init__(self, options: ValidationOptions, counter: ContentCounter | None, *, at_start: bool = True) -> None:
+    def __init__(
+        self,
+        options: ValidationOptions,
+        counter: ContentCounter | None,
+        *,
+        at_start: bool = True,
+        split_keys: array | None = None,
+    ) -> None:
         self.result = Scan(IssueLog(options.samples_per_code))
         self.options = options
         self.at_start = at_start
-        checker = ExampleChecker(options, self.result.log, self.result.records, counter)
+        checker = ExampleChecker(options, self.result.log, self.result.records, counter, split_keys)
         self._check, self._check_well_formed = checker.check, checker.check_well_formed
         self._tries = self._misses = 0  # of the fast path, to stop trying where lines are seldom well formed
 
@@ -128,9 +136,14 @@ class LineScanner:
             self._tries, self._misses = tries, misses
 
 
-def scan(chunks: Iterable[bytes], options: ValidationOptions, counter: ContentCounter | None) -> Scan:
+def scan(
+    chunks: Iterable[bytes],
+    options: ValidationOptions,
+    counter: ContentCounter | None,
+    split_keys: array | None = None,
+) -> Scan:
     """Check every line of ``chunks``, stopping early only when the first line shows it is not JSON Lines."""
-    scanner = LineScanner(options, counter)
+    scanner = LineScanner(options, counter, split_keys=split_keys)
     scanner.feed(iter_lines(chunks, max_line_bytes=options.max_line_bytes, on_too_long=scanner.too_long))
     return scanner.result
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import os
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -90,11 +91,14 @@ def validate_chunks(
     *,
     source: str,
     progress: Progress | None = None,
+    split_keys: array | None = None,
 ) -> Report:
     """Validate a dataset arriving as chunks of any size (e.g. a blob download's ``.chunks()``), on one core.
 
     ``progress`` is called with the number of bytes consumed so far after every chunk (as this
-    thread takes them, not as the read-ahead thread reads them).
+    thread takes them, not as the read-ahead thread reads them). ``split_keys``: an empty
+    ``array("Q")`` that gets the split key of every example with a record, in file order (all of
+    them when the report is valid), so that intake splits the upload without parsing it again.
     Raises ValueError for unusable options (a tokenizer that cannot be loaded) and whatever
     iterating ``chunks`` raises; everything about the data itself ends up in the report.
     """
@@ -106,7 +110,7 @@ def validate_chunks(
         if finding and finding.fatal:  # not JSON Lines text at all: reading on would add nothing
             result = Scan(IssueLog(options.samples_per_code), complete=False)
         else:
-            result = scan(stream, options, counter)
+            result = scan(stream, options, counter, split_keys)
     finally:
         reader.close()  # stopped early or not, the hash now covers everything read
     return _report(
