@@ -28,7 +28,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from bench import arguments, azurite, header, machine, publish, services_on
@@ -96,8 +96,18 @@ def run_sweep(server: Azurite, endpoints: int, concurrency: int) -> Sweep:
         )
         sha256 = hashlib.sha256(dataset.encode()).hexdigest()
         run_id = run_id_for(sha256)
-        record = RunRecord(run_id=run_id, dataset=dataset, sha256=sha256, job_name=job_name(run_id), endpoint=name)
-        services.runs.claim(record.moved(RunState.SMOKE_TESTING if kind == "rolling" else RunState.LIVE))
+        # Live for two days, and an idle one's deletion announced a day ago (the tick before, idle_notice
+        # earlier): this tick deletes it, as a steady-state tick does.
+        record = RunRecord(
+            run_id=run_id,
+            dataset=dataset,
+            sha256=sha256,
+            job_name=job_name(run_id),
+            endpoint=name,
+            idle_notice_at=ago(24) if kind == "idle" else "",
+        )
+        moved = record.moved(RunState.SMOKE_TESTING if kind == "rolling" else RunState.LIVE)
+        services.runs.claim(replace(moved, history=[{**moved.history[-1], "at": ago(48)}]))
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(add, range(endpoints)))
