@@ -26,17 +26,22 @@ from tests.test_validation_tokens import save_word_tokenizer
 OPTIONS = ValidationOptions(max_seq_length=60, samples_per_code=1000, keep_examples=1000, min_examples_warning=0)
 
 
-def both_paths(path: Path, monkeypatch: pytest.MonkeyPatch, options: ValidationOptions = OPTIONS) -> tuple[dict, int]:
-    """The report with the fast path off, and how many lines the fast path took when on (same report)."""
-    taken = 0
-    decode = checks.decode_well_formed
+class CountingDecoder:
+    """The fast path's decoder, counting the lines it was tried on and those it took (decoded)."""
 
-    def counting(raw: bytes) -> checks.Conversation:
-        nonlocal taken
-        decoded = decode(raw)
-        taken += 1
+    def __init__(self) -> None:
+        self.tried = self.taken = 0
+
+    def __call__(self, raw: bytes) -> checks.Conversation:
+        self.tried += 1
+        decoded = checks.decode_well_formed(raw)
+        self.taken += 1
         return decoded
 
+
+def both_paths(path: Path, monkeypatch: pytest.MonkeyPatch, options: ValidationOptions = OPTIONS) -> tuple[dict, int]:
+    """The report with the fast path off, and how many lines the fast path took when on (same report)."""
+    counting = CountingDecoder()
     with monkeypatch.context() as patch:
         patch.setattr(scan, "decode_well_formed", counting)
         patch.setattr(scan, "_MISSES_TOLERATED", 10**9)  # keep trying on every line
@@ -46,7 +51,7 @@ def both_paths(path: Path, monkeypatch: pytest.MonkeyPatch, options: ValidationO
         patch.setattr(scan, "decode_well_formed", lambda raw: pytest.fail("the fast path was switched off"))
         slow = validate_path(path, options, workers=1).to_dict()
     assert fast == slow
-    return slow, taken
+    return slow, counting.taken
 
 
 def mutations(rng: random.Random, i: int) -> bytes:
@@ -148,19 +153,12 @@ def test_exact_token_counts_are_the_same_on_both_paths(tmp_path: Path, monkeypat
 
 def test_a_dataset_that_is_never_well_formed_stops_trying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every line has an extra key: after the misses tolerated, lines are decoded once, by orjson only."""
-    tries = 0
-    decode = checks.decode_well_formed
-
-    def counting(raw: bytes) -> checks.Conversation:
-        nonlocal tries
-        tries += 1
-        return decode(raw)
-
+    counting = CountingDecoder()
     monkeypatch.setattr(scan, "decode_well_formed", counting)
     path = write(tmp_path, [row(i, id=i) for i in range(1000)])
     report = validate_path(path, OPTIONS, workers=1)
     assert report.counts["schema.unknown_key"] == 1000
-    assert tries == scan._MISSES_TOLERATED
+    assert counting.tried == scan._MISSES_TOLERATED
 
 
 def _recorded(line: bytes) -> bool:
@@ -178,15 +176,7 @@ def test_split_keys_are_the_split_s_own_on_both_paths(monkeypatch: pytest.Monkey
     rng = random.Random(100 + seed)
     lines = [mutations(rng, i) for i in range(400)]
     expected = [split_key.of_line(line) for line in lines if _recorded(line)]
-    taken = 0
-    decode = checks.decode_well_formed
-
-    def counting(raw: bytes) -> checks.Conversation:
-        nonlocal taken
-        decoded = decode(raw)
-        taken += 1
-        return decoded
-
+    counting = CountingDecoder()
     for tolerated in (10**9, 0):  # the fast path on every line it takes, then never
         keys = array("Q")
         with monkeypatch.context() as patch:
@@ -194,5 +184,5 @@ def test_split_keys_are_the_split_s_own_on_both_paths(monkeypatch: pytest.Monkey
             patch.setattr(scan, "_MISSES_TOLERATED", tolerated)
             validate_chunks([b"\n".join(lines)], OPTIONS, source="mutations.jsonl", split_keys=keys)
         assert list(keys) == expected
-    assert 100 < taken < 400  # both paths ran, on many lines each
+    assert 100 < counting.taken < 400  # both paths ran, on many lines each
     assert len(expected) > 200
