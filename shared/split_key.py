@@ -26,8 +26,21 @@ class Turn(Protocol):
 
 def of_messages(messages: Any) -> int:
     """The key of an example's ``messages`` value as decoded from JSON (any JSON value: the key is defined)."""
-    canonical = orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
+    try:
+        canonical = orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # nested deeper than orjson writes (254 levels; it reads 1,024)
+        # In a valid example only a message key the chat template ignores can be that deep, and such
+        # a line could never be split before: its key is of its roles and contents alone.
+        canonical = orjson.dumps([_turn(message) for message in messages] if type(messages) is list else None)
     return int.from_bytes(hashlib.blake2b(canonical, digest_size=8).digest(), "big")
+
+
+def _turn(message: Any) -> dict[str, Any] | None:
+    """A message's role and content, each where it is a string (anything else is invalid, its key moot)."""
+    if type(message) is not dict:
+        return None
+    role, content = message.get("role"), message.get("content")
+    return {"content": content if type(content) is str else None, "role": role if type(role) is str else None}
 
 
 def of_turns(turns: Iterable[Turn]) -> int:

@@ -99,3 +99,14 @@ def test_the_split_key_of_a_line_does_not_change() -> None:
         b'{"content":"Hello! \\u00e9","role":"assistant"}],"prompt_id":"p1"}'
     )
     assert split_key.of_line(line) == 4037463066076039467  # blake2b-64 of the sorted-key JSON of the messages
+
+
+def test_an_ignored_message_key_nested_deeper_than_orjson_writes_still_splits() -> None:
+    """orjson reads 1,024 levels but writes 254: a valid example can hold what its encoder refuses."""
+    deep = json.loads("[" * 600 + "]" * 600)
+    rows = [example(i) for i in range(20)]
+    rows[3]["messages"][0]["tool_calls"] = deep  # a warning (ignored by the chat template), not an error
+    content = jsonl(rows)
+    keys = validated_keys(content)
+    assert len(keys) == 20
+    assert run_split(content, 0.1, keys=keys) == run_split(content, 0.1)
