@@ -4,7 +4,8 @@ Blob triggers fire at least once and uploads can repeat, so every step is idempo
 the run id is a hash of the content, the run record is claimed with a conditional insert,
 splits have fixed names and the job name is derived from the run id. Re-running the whole
 function for the same upload converges on the same state instead of doing the work twice.
-The uploaded blob is only ever read (pinned to the ETag seen first), never changed.
+The uploaded blob is only ever read (pinned to the ETag seen first), never changed, and
+twice at most: validation collects the split keys as it parses, so the split only writes.
 """
 
 from __future__ import annotations
