@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-
-class Turn(Protocol):
-    """A message whose only keys are a role and a content (a well-formed line's, as validation decodes it)."""
-
-    role: str
-    content: str
+if TYPE_CHECKING:
+    from shared.validation.checks import Turn
 
 
 def of_messages(messages: Any) -> int:
