@@ -19,7 +19,7 @@ import pytest
 
 from shared.validation import ValidationOptions, parallel, validate_path, validator
 from shared.validation.records import ExampleRecords
-from tests.paths import REPO
+from tests.cli_process import cli_environment
 from tests.test_validation import POSITIVE, encode, row, write
 
 
@@ -239,7 +239,7 @@ def test_a_file_cut_short_under_the_hash_is_one_line_even_with_faulthandler_on(t
         [sys.executable, "-X", "faulthandler", "-c", _CUT_SHORT_UNDER_THE_HASH, str(path)],
         capture_output=True,
         text=True,
-        env=os.environ | {"PYTHONPATH": str(REPO)},
+        env=cli_environment(),
         timeout=60,
         check=False,
     )
