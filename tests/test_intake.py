@@ -12,8 +12,8 @@ from functions.intake import intake
 from shared.intake import _PinnedBlob, handle_upload
 from shared.runs import RunState
 from shared.services import Services
-from shared.split import split
 from tests.data import dataset, example, jsonl
+from tests.test_split import run_split
 
 
 def upload(services: Services, name: str, content: bytes, metadata: dict[str, str] | None = None):
@@ -164,9 +164,7 @@ def test_an_upload_is_read_twice_and_parsed_once(
 
     assert outcome.action == "submitted"
     assert downloads == ["incoming/chat.jsonl", "incoming/chat.jsonl"]
-    expected_train: list[bytes] = []
-    expected_test: list[bytes] = []
-    split(lambda: [content], services.settings.test_fraction, expected_train.append, expected_test.append)
+    expected_train, expected_test = run_split(content, services.settings.test_fraction)
     request = fake_platform.requests[outcome.job_name]
     assert read(services, request.train.path) == b"".join(expected_train)
     assert read(services, request.test.path) == b"".join(expected_test)
