@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from shared.platform.azureml.endpoints import endpoint_info
 from shared.platform.azureml.models import model_info
-from shared.platform.azureml.rollout import endpoint_info
 from shared.platform.azureml.submit import job_info
 from shared.platform.port import (
     ConflictError,

@@ -17,8 +17,8 @@ import pytest
 
 from shared.config import Settings
 from shared.platform.azureml import AzureMLPlatform
+from shared.platform.azureml.endpoints import same_model
 from shared.platform.azureml.metrics import MlflowRestMetricsReader
-from shared.platform.azureml.rollout import same_model
 from shared.platform.azureml.submit import job_status
 from shared.platform.port import (
     ConflictError,

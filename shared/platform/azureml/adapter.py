@@ -1,7 +1,7 @@
 """``AzureMLPlatform``: the port on Azure Machine Learning, as the foundation-models walkthrough does it.
 
 The adapter holds its clients and hands each call to the module that knows the subject (submit,
-models, rollout, scoring, metrics, monitor). Clients are built on first use, not in the constructor:
+models, endpoints, scoring, metrics, monitor). Clients are built on first use, not in the constructor:
 ``import azure.ai.ml`` alone takes seconds and the registry client resolves its registry over the
 network, which a function that only reads a job's status should not pay for. Tests inject the real
 clients wired to a workspace emulator instead (``tests/azure_wire``).
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.config import Settings
-from shared.platform.azureml import clients, compute, models, monitor, rollout, scoring, service, submit
+from shared.platform.azureml import clients, compute, endpoints, models, monitor, scoring, service, submit
 from shared.platform.azureml.metrics import JobMetricsReader, MlflowRestMetricsReader
 from shared.platform.port import (
     DeploymentInfo,
@@ -168,42 +168,42 @@ class AzureMLPlatform:
 
     @_translated
     def get_endpoint(self, name: str) -> EndpointInfo | None:
-        return rollout.get_endpoint(self.ml_client, name)
+        return endpoints.get_endpoint(self.ml_client, name)
 
     @_translated
     def list_endpoints(self) -> list[EndpointInfo]:
-        return rollout.list_endpoints(self.ml_client)
+        return endpoints.list_endpoints(self.ml_client)
 
     @_translated
     def begin_create_endpoint(self, request: EndpointRequest) -> None:
-        rollout.begin_create_endpoint(self.ml_client, request)
+        endpoints.begin_create_endpoint(self.ml_client, request)
 
     @_translated
     def get_deployment(self, endpoint_name: str, name: str) -> DeploymentInfo | None:
-        return rollout.get_deployment(self.ml_client, endpoint_name, name)
+        return endpoints.get_deployment(self.ml_client, endpoint_name, name)
 
     @_translated
     def list_deployments(self, endpoint_name: str) -> list[DeploymentInfo]:
-        return rollout.list_deployments(self.ml_client, endpoint_name)
+        return endpoints.list_deployments(self.ml_client, endpoint_name)
 
     @_translated
     def begin_create_deployment(self, request: DeploymentRequest) -> None:
         if request.base_model:
             base = submit.foundation_model(self.registry_client, self.settings, request.base_model)
             compute.check_inference_size(request.instance_type, request.base_model, base.tags or {})
-        rollout.begin_create_deployment(self.ml_client, request)
+        endpoints.begin_create_deployment(self.ml_client, request)
 
     @_translated
     def begin_set_traffic(self, endpoint_name: str, traffic: Mapping[str, int]) -> None:
-        rollout.begin_set_traffic(self.ml_client, endpoint_name, traffic)
+        endpoints.begin_set_traffic(self.ml_client, endpoint_name, traffic)
 
     @_translated
     def begin_delete_deployment(self, endpoint_name: str, name: str) -> None:
-        rollout.begin_delete_deployment(self.ml_client, endpoint_name, name)
+        endpoints.begin_delete_deployment(self.ml_client, endpoint_name, name)
 
     @_translated
     def begin_delete_endpoint(self, name: str) -> None:
-        rollout.begin_delete_endpoint(self.ml_client, name)
+        endpoints.begin_delete_endpoint(self.ml_client, name)
 
     @_translated
     def invoke(self, endpoint_name: str, deployment_name: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
