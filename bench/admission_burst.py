@@ -232,8 +232,8 @@ class Outcome:
 def simulate(server: Any, uploads: int, cap: int, seed: int = 7, minutes: int = MAX_ROUNDS) -> Outcome:
     """Play the burst until every run is live (or retired), or for ``minutes`` of the world's clock."""
     from functions.cleanup import cleanup
-    from functions.events import lifecycle_events
     from functions.intake import intake
+    from functions.lifecycle_events import lifecycle_events
     from functions.reconcile import reconcile
     from functions.rollout import rollout, rollout_poison, run_events
     from shared.admission import upload_order

@@ -41,8 +41,8 @@ from azure.storage.queue import QueueClient
 
 from bench import Latency, arguments, azurite, header, machine, publish, services_on
 from functions.rollout import run_events
-from shared.events import workspace_topic
 from shared.naming import job_name, run_id_for
+from shared.run_events import workspace_topic
 from shared.runs import PARTITION, RunRecord, RunState
 from shared.services import Services
 from tests.events import delivered, run_event

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# What ftpilot's functions and events are called (function_app.py, shared/events.py); a test checks both.
+# What ftpilot's functions and events are called (function_app.py, shared/run_events.py); a test checks both.
 INTAKE_FUNCTION = "intake"
 RUN_EVENTS_FUNCTION = "run_events"
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"

@@ -340,7 +340,7 @@ class Settings(BaseSettings):
         """The workspace's Event Grid topic: the setting, or its resource id from the workspace settings."""
         if self.event_topic:
             return self.event_topic
-        from shared.events import workspace_topic
+        from shared.run_events import workspace_topic
 
         return workspace_topic(
             self.subscription_id or "local", self.resource_group or "local", self.workspace_name or "local"

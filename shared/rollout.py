@@ -38,7 +38,6 @@ import orjson
 
 from shared import admission, gate
 from shared.blobnames import promotion_report_names
-from shared.events import EventError, ignore_reason, parse
 from shared.leases import Grant, order
 from shared.logs import append_keys
 from shared.naming import (
@@ -64,6 +63,7 @@ from shared.platform.port import (
     ProvisioningState,
     TransientError,
 )
+from shared.run_events import EventError, ignore_reason, parse
 from shared.runs import TRAINING, RunRecord, RunState, age_s, now, utcnow
 from shared.services import Services
 from shared.validation import iter_lines

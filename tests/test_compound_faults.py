@@ -31,8 +31,8 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from functions.cleanup import cleanup
-from functions.events import lifecycle_events
 from functions.intake import intake
+from functions.lifecycle_events import lifecycle_events
 from functions.reconcile import reconcile
 from functions.rollout import rollout, rollout_poison, run_events
 from shared import azurite as azurite_mod

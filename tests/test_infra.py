@@ -17,7 +17,7 @@ from azure.core.credentials import AccessToken
 
 from infra import postdeploy
 from shared.config import Settings
-from shared.events import PIPELINE_RUN, RUN_TYPES
+from shared.run_events import PIPELINE_RUN, RUN_TYPES
 from tests.arm import Finding, load, validate_parameters, validate_template
 from tests.azure_wire.transport import Sent, WireRecorder
 from tests.paths import REPO

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from functions.events import lifecycle_events
+from functions.lifecycle_events import lifecycle_events
 from shared import publish
 from shared.host.queues import deliver
 from shared.lifecycle import transition_id

@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
-from shared.events import RUN_COMPLETED, RUN_STATUS_CHANGED, ignore_reason, parse
 from shared.platform.finetune import WALKTHROUGH_DEFAULTS
 from shared.platform.local import LocalPlatform, keys, usage
 from shared.platform.local.base_model import family
-from shared.platform.local.events import drain_events, emit_job_events
 from shared.platform.local.loopback import free_port, port_free
+from shared.platform.local.outbox import drain_events, emit_job_events
 from shared.platform.local.processes import Proc, alive, spawn, stop
 from shared.platform.local.router import WeightedRoundRobin
 from shared.platform.local.store import Store
 from shared.platform.local.training_plan import plan
 from shared.platform.port import DataRef, FineTuneRequest, JobStatus, MLPlatform, PlatformConfigError
+from shared.run_events import RUN_COMPLETED, RUN_STATUS_CHANGED, ignore_reason, parse
 from tests.paths import EVENTS, REPO
 
 HEAVY = ("torch", "transformers", "trl", "peft", "mlflow", "fastapi", "uvicorn", "httpx", "azure.ai.ml")

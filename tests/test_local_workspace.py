@@ -26,10 +26,9 @@ import pytest
 from azure.storage.blob import ContainerClient
 
 from shared.config import Settings
-from shared.events import RUN_COMPLETED, RUN_STATUS_CHANGED, ignore_reason, parse
 from shared.platform.local import LocalPlatform, base_model, tracking
-from shared.platform.local.events import drain_events
 from shared.platform.local.loopback import port_free
+from shared.platform.local.outbox import drain_events
 from shared.platform.local.processes import Proc, alive
 from shared.platform.port import (
     ConflictError,
@@ -47,6 +46,7 @@ from shared.platform.port import (
     ProvisioningState,
 )
 from shared.rollout import SMOKE_PARAMETERS
+from shared.run_events import RUN_COMPLETED, RUN_STATUS_CHANGED, ignore_reason, parse
 from tests.data import dataset
 
 pytestmark = [

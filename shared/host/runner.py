@@ -174,11 +174,11 @@ class LocalHost:
     def step(self) -> None:
         """Deliver everything pending once."""
         from functions.cleanup import cleanup
-        from functions.events import lifecycle_events
         from functions.intake import intake
+        from functions.lifecycle_events import lifecycle_events
         from functions.reconcile import reconcile
         from functions.rollout import rollout, rollout_poison, run_events
-        from shared.platform.local.events import drain_events
+        from shared.platform.local.outbox import drain_events
 
         services = self.services
         assert services is not None, "start() first"

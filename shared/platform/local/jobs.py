@@ -27,8 +27,8 @@ from sqlite3 import Row
 
 from shared.config import Settings
 from shared.platform.finetune import display_name, merge_layers, parameter_layers
-from shared.platform.local.events import RUN_TYPE, emit_job_events
 from shared.platform.local.layout import Layout
+from shared.platform.local.outbox import RUN_TYPE, emit_job_events
 from shared.platform.local.processes import Proc, alive, log_tail, spawn, stop
 from shared.platform.local.store import Store, now
 from shared.platform.local.training_plan import plan

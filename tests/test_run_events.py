@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from functions.rollout import event_payload, run_events
-from shared.events import RUN_COMPLETED, RUN_STATUS_CHANGED, EventError, ignore_reason, parse, workspace_topic
+from shared.run_events import RUN_COMPLETED, RUN_STATUS_CHANGED, EventError, ignore_reason, parse, workspace_topic
 from shared.services import Services
 from tests.events import delivered, run_event, sample
 from tests.paths import EVENTS

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings
-from shared.events import RUN_COMPLETED, RUN_STATUS_CHANGED
 from shared.platform.local.layout import Layout
 from shared.platform.port import JobStatus
+from shared.run_events import RUN_COMPLETED, RUN_STATUS_CHANGED
 
 RUN_TYPE = "azureml.PipelineRun"
 # Azure's capitalised run statuses.
