@@ -73,7 +73,7 @@ ARM_REQUESTS: dict[str, tuple[int, int, int]] = {
     "begin_delete_endpoint": (1, 0, 1),
     "invoke": (2, 0, 0),  # the endpoint's auth mode and listKeys; the call itself goes to the scoring URI
     "open_scoring": (2, 0, 0),
-    "endpoint_request_count": (1, 0, 0),  # Azure Monitor metrics, through ARM
+    "endpoint_requests": (1, 0, 0),  # Azure Monitor metrics, through ARM
 }
 # Requests per minute that Azure Resource Manager's token buckets refill, per subscription and region.
 ARM_LIMITS_PER_MIN = {"reads": 25 * 60, "writes": 10 * 60, "deletes": 10 * 60}

@@ -36,7 +36,7 @@ from shared.azurite import Azurite
 from shared.cleanup import sweep
 from shared.config import Settings
 from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE, endpoint_name, job_name, run_id_for
-from shared.platform.port import EndpointInfo
+from shared.platform.port import EndpointInfo, RequestCounts
 from shared.runs import RunRecord, RunState
 from tests.fakes.platform import FakePlatform
 
@@ -60,9 +60,9 @@ class SlowPlatform(FakePlatform):
         time.sleep(LIST_S)
         return super().list_endpoints()
 
-    def endpoint_request_count(self, name: str, window_s: float) -> int:
+    def endpoint_requests(self, name: str, window_s: float) -> RequestCounts:
         time.sleep(self._rng.uniform(*METRICS_S))
-        return super().endpoint_request_count(name, window_s)
+        return super().endpoint_requests(name, window_s)
 
     def begin_delete_endpoint(self, name: str) -> None:
         time.sleep(DELETE_S)

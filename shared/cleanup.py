@@ -14,7 +14,8 @@ no live or rolling-out run owns them, they take no traffic and are older than th
 
 Every decision is written to the run record; a failed delete is reported and, since the
 endpoint is still there, retried on the next tick. Endpoints are checked concurrently with a
-bound: each check is a network call (Azure Monitor) and a fleet can be hundreds of endpoints.
+bound: each check is a network call (Azure Monitor, one per endpoint: its per-minute counts
+answer both the window and the window less the notice) and a fleet can be hundreds of endpoints.
 """
 
 from __future__ import annotations
@@ -138,8 +139,9 @@ def _decide(
     quiet_s = window - notice if announce else window
     if run is not None and run.state is RunState.LIVE and age_s(_live_since(run)) < quiet_s:
         return Decision(endpoint.name, "kept", f"live for less than the {window} s idle window", run_id)
+    requests = services.platform.endpoint_requests(endpoint.name, window)  # one query answers both windows
     probes = _probes(mine, quiet_s)
-    served = services.platform.endpoint_request_count(endpoint.name, quiet_s) - probes
+    served = requests.within(quiet_s) - probes
     if served > 0:
         return Decision(endpoint.name, "kept", f"served {served} requests in the last {quiet_s} s", run_id)
     if announce and run is not None and not run.idle_notice_at:
@@ -152,7 +154,7 @@ def _decide(
         return Decision(endpoint.name, "kept", f"deletion announced for {due}", run_id, deletion_due_at=due)
     if quiet_s != window:
         probes = _probes(mine, window)
-        served = services.platform.endpoint_request_count(endpoint.name, window) - probes
+        served = requests.within(window) - probes
         if served > 0:  # calls from before the notice: it was idle long enough to announce, not yet to delete
             return Decision(endpoint.name, "kept", f"served {served} requests in the last {window} s", run_id)
     idle = f"no requests in the last {window} s"

@@ -62,7 +62,7 @@ PLATFORM_METHODS = (
     "begin_delete_endpoint",
     "invoke",
     "open_scoring",
-    "endpoint_request_count",
+    "endpoint_requests",
 )
 
 

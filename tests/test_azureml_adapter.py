@@ -696,13 +696,17 @@ def test_invoke_of_an_endpoint_that_does_not_exist_is_not_found(azure: Azure) ->
 # Request counts
 
 
-def test_request_count_sums_the_window_from_azure_monitor(azure: Azure) -> None:
+def test_request_counts_come_per_minute_from_one_azure_monitor_query(azure: Azure) -> None:
     azure.endpoint()
     now = datetime.now(UTC)
     # Half a minute back at least: a point in the minute the window ends in is not yet reported.
     ago = [timedelta(minutes=m, seconds=30) for m in (0, 1, 1, 4, 4, 4, 30)]
     azure.emulator.score_requests[ENDPOINT] = [now - offset for offset in ago]
-    assert azure.platform.endpoint_request_count(ENDPOINT, 600) == 6
+    counts = azure.platform.endpoint_requests(ENDPOINT, 600)
+    assert counts.within(600) == 6
+    assert counts.within(200) == 3  # a shorter window, from the same answer
+    with pytest.raises(ValueError):
+        counts.within(601)
 
     (query,) = azure.sent("GET", "/providers/Microsoft.Insights/metrics")
     assert query.path.endswith(f"/onlineEndpoints/{ENDPOINT}/providers/Microsoft.Insights/metrics")
@@ -717,11 +721,11 @@ def test_request_count_sums_the_window_from_azure_monitor(azure: Azure) -> None:
     assert (end - start).total_seconds() == 600
 
 
-def test_request_count_of_a_quiet_or_missing_endpoint(azure: Azure) -> None:
+def test_request_counts_of_a_quiet_or_missing_endpoint(azure: Azure) -> None:
     azure.endpoint()
-    assert azure.platform.endpoint_request_count(ENDPOINT, 30) == 0
+    assert azure.platform.endpoint_requests(ENDPOINT, 30).within(30) == 0
     with pytest.raises(NotFoundError):
-        azure.platform.endpoint_request_count("gone", 600)
+        azure.platform.endpoint_requests("gone", 600)
 
 
 def test_the_sdk_pollers_print_nothing_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:

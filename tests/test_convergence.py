@@ -308,13 +308,13 @@ def test_the_sweep_keeps_an_endpoint_a_rollout_takes_during_its_metrics_call(ser
     fake_platform.set_requests(first.endpoint, 0)  # idle: a candidate
     second = submit(services, start=100)
     fake_platform.set_job(second.job_name, JobStatus.COMPLETED)
-    real = fake_platform.endpoint_request_count
+    real = fake_platform.endpoint_requests
 
     def slow_metrics(name, window_s):  # meanwhile, the second run starts rolling out
         assert Leases(services.storage.table).acquire(name, services.runs.get(second.run_id)) is Grant.HELD
         return real(name, window_s)
 
-    fake_platform.endpoint_request_count = slow_metrics
+    fake_platform.endpoint_requests = slow_metrics
     use_clock(lambda: datetime.now(UTC) + timedelta(seconds=services.settings.idle_window_s + 1))  # live a day
     try:
         (decision,) = sweep(services)

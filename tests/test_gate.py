@@ -294,7 +294,7 @@ def test_the_idle_sweep_neither_deletes_during_the_gate_nor_counts_its_calls(ser
         assert decisions and set(decisions) == {"kept"}  # never deleted under a rollout
         fake_platform.answer = answer
         endpoint = champion.endpoint
-        served = fake_platform.endpoint_request_count(endpoint, settings.idle_window_s)
+        served = fake_platform.endpoint_requests(endpoint, settings.idle_window_s).within(settings.idle_window_s)
         assert served == final.probe_requests > 1  # every request in the window was the challenger's own
         (decision,) = sweep(swept)
     finally:

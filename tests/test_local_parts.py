@@ -116,10 +116,15 @@ def test_request_counts_by_minute(tmp_path: Path) -> None:
             usage.count_request(db, "ep", at=at)
         usage.count_request(db, "other", at=900.0)
     with store.read() as db:
-        assert usage.request_count(db, "ep", 30, at=910.0) == 1
-        assert usage.request_count(db, "ep", 250, at=910.0) == 2  # from 660: minutes 11 and 15
-        assert usage.request_count(db, "ep", 300, at=910.0) == 5  # from 610: the whole minute 10 counts
-        assert usage.request_count(db, "nobody", 300, at=910.0) == 0
+        counts = usage.request_counts(db, "ep", 300, at=910.0)
+        nobody = usage.request_counts(db, "nobody", 300, at=910.0)
+    assert counts.per_minute == {10: 3, 11: 1, 15: 1}
+    assert counts.within(30) == 1
+    assert counts.within(250) == 2  # from 660: minutes 11 and 15
+    assert counts.within(300) == 5  # from 610: the whole minute 10 counts
+    assert nobody.within(300) == 0
+    with pytest.raises(ValueError, match="cover 300"):
+        counts.within(301)  # more than was read: never judged idler than it was
 
 
 def test_weighted_round_robin_is_exact() -> None:

@@ -417,7 +417,7 @@ def test_traffic_follows_the_weights_and_the_header(
 ) -> None:
     platform.begin_create_deployment(DeploymentRequest(ENDPOINT, "green", model.id, "cpu"))
     assert settled_deployment(platform, "green").state is ProvisioningState.SUCCEEDED
-    counted_before = platform.endpoint_request_count(ENDPOINT, 300)
+    counted_before = platform.endpoint_requests(ENDPOINT, 300).within(300)
 
     def answered_by(count: int, **headers: str) -> Counter[str]:
         body = {"input_data": {"input_string": [QUESTION], "parameters": {"max_new_tokens": 5}}}
@@ -438,7 +438,7 @@ def test_traffic_follows_the_weights_and_the_header(
         platform.begin_delete_deployment(ENDPOINT, "blue")
     with pytest.raises(ConflictError, match="already serves model"):
         platform.begin_create_deployment(DeploymentRequest(ENDPOINT, "blue", "models:/another/1", "cpu"))
-    assert platform.endpoint_request_count(ENDPOINT, 300) == counted_before + 17
+    assert platform.endpoint_requests(ENDPOINT, 300).within(300) == counted_before + 17
     with pytest.raises(PlatformError, match="adds up to 90"):
         platform.begin_set_traffic(ENDPOINT, {"blue": 60, "green": 30})
     with pytest.raises(NotFoundError):

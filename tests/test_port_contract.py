@@ -159,7 +159,7 @@ def test_unknown_jobs_and_endpoints_have_no_metrics(any_adapter: Harness) -> Non
     with pytest.raises(NotFoundError):
         any_adapter.platform.get_job_metrics("ftpilot-nope")
     with pytest.raises(NotFoundError):
-        any_adapter.platform.endpoint_request_count("ep-nope", 600)
+        any_adapter.platform.endpoint_requests("ep-nope", 600)
 
 
 def test_a_repeated_endpoint_create_leaves_the_first_and_returns_at_once(any_adapter: Harness) -> None:
@@ -170,7 +170,7 @@ def test_a_repeated_endpoint_create_leaves_the_first_and_returns_at_once(any_ada
     (endpoint,) = [e for e in platform.list_endpoints() if e.name == ENDPOINT]
     assert endpoint.state is ProvisioningState.SUCCEEDED
     assert endpoint.tags["team"] == "ml"
-    assert platform.endpoint_request_count(ENDPOINT, 600) == 0
+    assert platform.endpoint_requests(ENDPOINT, 600).within(600) == 0
     promptly(lambda: platform.begin_delete_endpoint(ENDPOINT))
     any_adapter.settle()
     assert platform.get_endpoint(ENDPOINT) is None

@@ -8,6 +8,7 @@ no function ever waits minutes for a deployment.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -173,6 +174,31 @@ class DeploymentInfo:
     created_at: str | None = None  # ISO 8601, as the platform reports it
 
 
+MINUTE_S = 60
+
+
+@dataclass(frozen=True)
+class RequestCounts:
+    """The requests an endpoint served, per minute, as Azure Monitor's ``RequestsPerMinute`` counts them.
+
+    One query covers the longest window a caller needs and ``within`` answers any shorter one
+    from it, so the idle sweep asks the metrics service once per endpoint, not once per window.
+    A window counts every minute it overlaps: up to a minute more than the exact window, never
+    less, so an endpoint is never judged idler than it was.
+    """
+
+    as_of: float  # epoch seconds the counts run up to
+    window_s: float  # how far back they go
+    per_minute: Mapping[int, float] = field(default_factory=dict)  # minute (epoch s // 60) -> requests; none: 0
+
+    def within(self, window_s: float) -> int:
+        """Requests in the last ``window_s`` seconds; ValueError for a window the counts do not cover."""
+        if window_s > self.window_s:
+            raise ValueError(f"requests over {window_s} s asked of counts that cover {self.window_s} s")
+        first = math.floor((self.as_of - window_s) / MINUTE_S)
+        return round(sum(count for minute, count in self.per_minute.items() if minute >= first))
+
+
 class Scorer(Protocol):
     """Calls one endpoint's deployments (``MLPlatform.open_scoring``)."""
 
@@ -295,8 +321,8 @@ class MLPlatform(Protocol):
         """
         ...
 
-    def endpoint_request_count(self, name: str, window_s: float) -> int:
-        """Requests the endpoint served in the last ``window_s`` seconds (missing data counts as zero).
+    def endpoint_requests(self, name: str, window_s: float) -> RequestCounts:
+        """The requests the endpoint served per minute over the last ``window_s`` seconds, in one query.
 
         NotFoundError when the endpoint does not exist.
         """

@@ -19,6 +19,7 @@ from typing import Any
 
 from shared.naming import RUN_TAG
 from shared.platform.port import (
+    MINUTE_S,
     ConflictError,
     DeploymentInfo,
     DeploymentRequest,
@@ -33,6 +34,7 @@ from shared.platform.port import (
     PlatformConfigError,
     PlatformError,
     ProvisioningState,
+    RequestCounts,
 )
 from shared.runs import now, utcnow
 
@@ -299,12 +301,14 @@ class FakePlatform:
         self._called("open_scoring")
         return lambda deployment, payload, timeout_s: self.invoke(endpoint_name, deployment, payload, timeout_s)
 
-    def endpoint_request_count(self, name: str, window_s: float) -> int:
+    def endpoint_requests(self, name: str, window_s: float) -> RequestCounts:
         endpoint = self.endpoints.get(name)
         if endpoint is None:
             raise NotFoundError(f"endpoint {name} does not exist")
-        since = utcnow() - timedelta(seconds=window_s)  # Azure Monitor's count is of the window only
-        return sum(1 for at in endpoint.request_times if at > since)
+        end = utcnow()
+        since = end - timedelta(seconds=window_s)  # Azure Monitor's points are of the window only
+        per_minute = Counter(int(at.timestamp() // MINUTE_S) for at in endpoint.request_times if at > since)
+        return RequestCounts(as_of=end.timestamp(), window_s=window_s, per_minute=per_minute)
 
     # What a test sets up and asserts on ---------------------------------------------------
     def add_endpoint(self, name: str, *, tags: Mapping[str, str], created_at: str, requests: int = 0) -> None:

@@ -29,6 +29,7 @@ from shared.platform.port import (
     ModelInfo,
     ModelRequest,
     PlatformConfigError,
+    RequestCounts,
     Scorer,
 )
 
@@ -214,9 +215,9 @@ class AzureMLPlatform:
         return scoring.open_scoring(self.ml_client, endpoint_name)  # its calls raise the port's errors
 
     @_translated
-    def endpoint_request_count(self, name: str, window_s: float) -> int:
+    def endpoint_requests(self, name: str, window_s: float) -> RequestCounts:
         ml_client = self.ml_client
         resource_id = monitor.endpoint_resource_id(
             ml_client.subscription_id, ml_client.resource_group_name, ml_client.workspace_name, name
         )
-        return monitor.request_count(self.monitor_client, resource_id, window_s)
+        return monitor.request_counts(self.monitor_client, resource_id, window_s)

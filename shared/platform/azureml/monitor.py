@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared.platform.port import NotFoundError
+from shared.platform.port import MINUTE_S, NotFoundError, RequestCounts
 
 if TYPE_CHECKING:
     from azure.mgmt.monitor import MonitorManagementClient
 
 METRIC = "RequestsPerMinute"
-GRAIN = "PT1M"
-_GRAIN_S = 60
+GRAIN = "PT1M"  # MINUTE_S
 
 
 def endpoint_resource_id(subscription_id: str, resource_group: str, workspace: str, endpoint: str) -> str:
@@ -38,12 +37,13 @@ def endpoint_resource_id(subscription_id: str, resource_group: str, workspace: s
     )
 
 
-def request_count(
+def request_counts(
     monitor: MonitorManagementClient, resource_id: str, window_s: float, now: datetime | None = None
-) -> int:
-    """Requests served in the last ``window_s`` seconds (at least one minute: the metric's grain)."""
+) -> RequestCounts:
+    """Requests served per minute over the last ``window_s`` seconds (at least one minute: the metric's grain)."""
     end = now or datetime.now(UTC)
-    start = end - timedelta(seconds=max(window_s, _GRAIN_S))
+    window_s = max(window_s, MINUTE_S)
+    start = end - timedelta(seconds=window_s)
     try:
         response = monitor.metrics.list(
             resource_id,
@@ -54,10 +54,10 @@ def request_count(
         )
     except ResourceNotFoundError:
         raise NotFoundError(f"no such endpoint: {resource_id}") from None
-    total = sum(
-        point.average or 0.0
-        for metric in response.value or ()
-        for series in metric.timeseries or ()
-        for point in series.data or ()
-    )
-    return round(total)
+    per_minute: dict[int, float] = {}
+    for metric in response.value or ():
+        for series in metric.timeseries or ():
+            for point in series.data or ():
+                minute = int(point.time_stamp.timestamp() // MINUTE_S)
+                per_minute[minute] = per_minute.get(minute, 0.0) + (point.average or 0.0)
+    return RequestCounts(as_of=end.timestamp(), window_s=window_s, per_minute=per_minute)

@@ -47,6 +47,7 @@ from shared.platform.port import (
     NotFoundError,
     PlatformConfigError,
     ProvisioningState,
+    RequestCounts,
 )
 
 ROUTER_MODULE = "shared.platform.local.router"
@@ -198,11 +199,11 @@ class Endpoints:
             raise NotFoundError(f"endpoint {name} does not exist")
         return keys.read_key(self.layout.keys, name)
 
-    def request_count(self, name: str, window_s: float) -> int:
+    def requests(self, name: str, window_s: float) -> RequestCounts:
         with self.store.read() as db:
             if self._endpoint_row(db, name) is None:
                 raise NotFoundError(f"endpoint {name} does not exist")
-            return usage.request_count(db, name, window_s)
+            return usage.request_counts(db, name, window_s)
 
     def open_scoring(self, endpoint: str) -> Callable[[str, Mapping[str, Any], float], Any]:
         """A caller of the endpoint's scoring URI with its key, pinned per call to a deployment."""

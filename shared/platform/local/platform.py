@@ -43,6 +43,7 @@ from shared.platform.port import (
     ModelInfo,
     ModelRequest,
     NotFoundError,
+    RequestCounts,
     Scorer,
 )
 
@@ -125,8 +126,8 @@ class LocalPlatform:
     def open_scoring(self, endpoint_name: str) -> Scorer:
         return self.endpoints.open_scoring(endpoint_name)
 
-    def endpoint_request_count(self, name: str, window_s: float) -> int:
-        return self.endpoints.request_count(name, window_s)
+    def endpoint_requests(self, name: str, window_s: float) -> RequestCounts:
+        return self.endpoints.requests(name, window_s)
 
     def get_endpoint_key(self, name: str) -> str:
         """The endpoint's key, for callers that invoke it themselves (never log it)."""

@@ -2,8 +2,7 @@
 
 The router adds one to the current minute's bucket for every request it routes to a deployment
 (authenticated and routed: what the endpoint served). Counts are per minute like Azure's
-``RequestsPerMinute`` metric, so a window counts every bucket it overlaps: up to a minute more
-than the exact window, never less.
+``RequestsPerMinute`` metric, and read back as the port's ``RequestCounts``.
 """
 
 from __future__ import annotations
@@ -12,11 +11,11 @@ import math
 import sqlite3
 import time
 
-BUCKET_S = 60
+from shared.platform.port import MINUTE_S, RequestCounts
 
 
 def count_request(db: sqlite3.Connection, endpoint: str, at: float | None = None) -> None:
-    minute = int((time.time() if at is None else at) // BUCKET_S)
+    minute = int((time.time() if at is None else at) // MINUTE_S)
     db.execute(
         "INSERT INTO requests (endpoint, minute, count) VALUES (?, ?, 1)"
         " ON CONFLICT (endpoint, minute) DO UPDATE SET count = count + 1",
@@ -24,10 +23,9 @@ def count_request(db: sqlite3.Connection, endpoint: str, at: float | None = None
     )
 
 
-def request_count(db: sqlite3.Connection, endpoint: str, window_s: float, at: float | None = None) -> int:
+def request_counts(db: sqlite3.Connection, endpoint: str, window_s: float, at: float | None = None) -> RequestCounts:
+    """The endpoint's per-minute counts over every minute the last ``window_s`` seconds overlap."""
     now = time.time() if at is None else at
-    first = math.floor((now - window_s) / BUCKET_S)
-    row = db.execute(
-        "SELECT COALESCE(SUM(count), 0) FROM requests WHERE endpoint = ? AND minute >= ?", (endpoint, first)
-    ).fetchone()
-    return int(row[0])
+    first = math.floor((now - window_s) / MINUTE_S)
+    rows = db.execute("SELECT minute, count FROM requests WHERE endpoint = ? AND minute >= ?", (endpoint, first))
+    return RequestCounts(as_of=now, window_s=window_s, per_minute=dict(rows.fetchall()))
