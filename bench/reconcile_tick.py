@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = arguments(__doc__)
     parser.add_argument("--runs", type=int, default=5000, help="unsettled runs in the table (default 5000)")
     args = parser.parse_args(argv)
-    logging.getLogger("shared.reconcile").setLevel(logging.ERROR)  # a warning per re-queued run
+    logging.getLogger("shared.reconcile").setLevel(logging.ERROR)  # a line per re-queued run
 
     print(about := machine())
     with azurite() as server:

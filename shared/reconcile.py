@@ -70,7 +70,10 @@ def _nudge(record: RunRecord, reason: str, services: Services) -> Check:
     if record.state is RunState.RECEIVED:
         return _intake_again(record, reason, services)
     send(services, {"run_id": record.run_id, "token": record.poll_token, "by": "reconciler"})
-    log.warning("reconcile: run %s (%s) re-queued: %s", record.run_id, record.state, reason)
+    # A job trains for hours with no event between running and done, so its periodic check is
+    # routine; a rollout whose own re-check went missing is not.
+    level = logging.INFO if record.state in TRAINING else logging.WARNING
+    log.log(level, "reconcile: run %s (%s) re-queued: %s", record.run_id, record.state, reason)
     return Check(record.run_id, "requeued", reason)
 
 

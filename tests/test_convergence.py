@@ -7,6 +7,7 @@ the point where it used to go wrong, so a regression names itself.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -135,7 +136,9 @@ def test_a_broken_recheck_is_recovered_by_redelivery(services: Services, fake_pl
     assert_live(services, fake_platform, record)
 
 
-def test_a_lost_recheck_is_recovered_by_the_reconciler(services: Services, fake_platform, clock) -> None:
+def test_a_lost_recheck_is_recovered_by_the_reconciler(
+    services: Services, fake_platform, clock, caplog: pytest.LogCaptureFixture
+) -> None:
     record = submit(services)
     fake_platform.set_job(record.job_name, JobStatus.COMPLETED)
     complete(services, fake_platform, record)
@@ -148,7 +151,10 @@ def test_a_lost_recheck_is_recovered_by_the_reconciler(services: Services, fake_
     assert stalled.state is RunState.DEPLOYING and stalled.poll_token
 
     clock[0] += timedelta(seconds=services.settings.reconcile_rollout_s + 1)
-    reconcile(TimerRequest(past_due=False))
+    with caplog.at_level(logging.INFO, logger="shared.reconcile"):
+        reconcile(TimerRequest(past_due=False))
+    (requeued,) = [r for r in caplog.records if "re-queued" in r.getMessage()]
+    assert requeued.levelno == logging.WARNING  # a lost message is worth someone's look
     pump(services)
     assert_live(services, fake_platform, record)
 
@@ -424,7 +430,7 @@ def test_status_says_what_a_run_waits_for_and_since_when(services: Services, fak
     ("status", "ends"), [(JobStatus.COMPLETED, RunState.LIVE), (JobStatus.CANCELED, RunState.CANCELED)]
 )
 def test_a_run_whose_events_never_come_is_found_by_the_reconciler(
-    services: Services, fake_platform, clock, status, ends
+    services: Services, fake_platform, clock, status, ends, *, caplog: pytest.LogCaptureFixture
 ) -> None:
     record = submit(services)
     fake_platform.set_job(record.job_name, status)  # and no event at all
@@ -432,7 +438,10 @@ def test_a_run_whose_events_never_come_is_found_by_the_reconciler(
     assert len(list(services.storage.queue.peek_messages())) == 0  # too soon: nothing overdue
 
     clock[0] += timedelta(seconds=services.settings.reconcile_training_s + 1)
-    reconcile(TimerRequest(past_due=False))
+    with caplog.at_level(logging.INFO, logger="shared.reconcile"):
+        reconcile(TimerRequest(past_due=False))
+    (requeued,) = [r for r in caplog.records if "re-queued" in r.getMessage()]
+    assert requeued.levelno == logging.INFO  # a training job's periodic check is routine, not a warning
     pump(services)
     assert services.runs.get(record.run_id).state is ends
 
