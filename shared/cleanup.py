@@ -168,20 +168,18 @@ def _decide(
 
 def _delete(endpoint: EndpointInfo, run_id: str, idle: str, services: Services) -> Decision:
     """Delete under the endpoint's lease, after one more look at its runs."""
-    leases, holder = services.leases, f"sweep:{uuid.uuid4().hex[:12]}"
-    if not leases.hold(endpoint.name, holder):
-        return Decision(endpoint.name, "kept", "a rollout holds or waits for the endpoint", run_id)
-    try:
-        rolling = [r for r in services.runs.where("endpoint", endpoint.name) if r.state.rolling_out]
-        if rolling:
-            return Decision(endpoint.name, "kept", f"run {rolling[0].run_id} started rolling out", rolling[0].run_id)
-        services.platform.begin_delete_endpoint(endpoint.name)
-    except Exception as error:
-        return Decision(
-            endpoint.name, "failed", f"delete failed ({type(error).__name__}: {error}); retried next tick", run_id
-        )
-    finally:
-        leases.release(endpoint.name, holder)
+    with services.leases.holding(endpoint.name, f"sweep:{uuid.uuid4().hex[:12]}") as held:
+        if not held:
+            return Decision(endpoint.name, "kept", "a rollout holds or waits for the endpoint", run_id)
+        try:
+            rolling = [r for r in services.runs.where("endpoint", endpoint.name) if r.state.rolling_out]
+            if rolling:
+                reason = f"run {rolling[0].run_id} started rolling out"
+                return Decision(endpoint.name, "kept", reason, rolling[0].run_id)
+            services.platform.begin_delete_endpoint(endpoint.name)
+        except Exception as error:
+            reason = f"delete failed ({type(error).__name__}: {error}); retried next tick"
+            return Decision(endpoint.name, "failed", reason, run_id)
     return Decision(endpoint.name, "deleted", idle, run_id)
 
 
@@ -198,17 +196,14 @@ def _delete_orphans(endpoint: EndpointInfo, services: Services) -> tuple[str, ..
     ]
     if not candidates:
         return ()
-    leases, holder = services.leases, f"sweep:{uuid.uuid4().hex[:12]}"
-    if not leases.hold(endpoint.name, holder):
-        return ()
-    try:
+    with services.leases.holding(endpoint.name, f"sweep:{uuid.uuid4().hex[:12]}") as held:
+        if not held:
+            return ()
         runs = services.runs.where("endpoint", endpoint.name)
         owned = {r.deployment for r in runs if r.state.rolling_out or r.state is RunState.LIVE}
         deleted = tuple(name for name in candidates if name not in owned)
         for name in deleted:
             services.platform.begin_delete_deployment(endpoint.name, name)
-    finally:
-        leases.release(endpoint.name, holder)
     if deleted:
         log.info("cleanup: %s: deleted orphan deployments %s", endpoint.name, ", ".join(deleted))
     return deleted
@@ -237,8 +232,12 @@ def _shape(note: str) -> str:
     return re.sub(r"\d+", "#", note)
 
 
-def _record(decision: Decision, endpoint: EndpointInfo, services: Services) -> None:
-    """Write the decision to its run: the note always; the notice and the deletion with their events."""
+def _record(decision: Decision, endpoint: EndpointInfo, services: Services, known: tuple[RunRecord, str]) -> None:
+    """Write the decision to its run: the note always; the notice and the deletion with their events.
+
+    ``known``: the run as the sweep read it, with its ETag, so the write needs no read first
+    unless the run changed since (or the decision is about another run).
+    """
     if not decision.run_id:
         return
     note = f"{now()} sweep: {_note(decision)}"
@@ -274,7 +273,7 @@ def _record(decision: Decision, endpoint: EndpointInfo, services: Services) -> N
             return replace(run, idle_notice_at="", sweep_note=f"{note}; the announced deletion is withdrawn")
         return replace(run, sweep_note=note)
 
-    services.runs.update(decision.run_id, change)
+    services.runs.update(decision.run_id, change, known=known if known[0].run_id == decision.run_id else None)
 
 
 def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
@@ -282,8 +281,10 @@ def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
     dry_run = services.settings.cleanup_dry_run if dry_run is None else dry_run
     endpoints = [e for e in services.platform.list_endpoints() if managed(e)]
     by_endpoint: dict[str, list[RunRecord]] = {}
-    for record in services.runs.all():
+    etags: dict[str, str] = {}
+    for record, etag in services.runs.versions():
         by_endpoint.setdefault(record.endpoint, []).append(record)
+        etags[record.run_id] = etag
 
     def one(endpoint: EndpointInfo) -> Decision:
         mine = by_endpoint.get(endpoint.name, [])
@@ -298,8 +299,8 @@ def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
                 decision = replace(decision, orphans=_delete_orphans(endpoint, services))
         except Exception as error:  # one endpoint's trouble must not stop the sweep
             decision = Decision(endpoint.name, "failed", f"{type(error).__name__}: {error}", run.run_id if run else "")
-        if not dry_run and _news(decision, run):
-            _record(decision, endpoint, services)
+        if not dry_run and run is not None and _news(decision, run):
+            _record(decision, endpoint, services, (run, etags[run.run_id]))
         log.info("cleanup: %s %s: %s", decision.endpoint, decision.action, decision.reason)
         return decision
 

@@ -14,7 +14,8 @@ shares the table's conditional writes: every change is a read-modify-write on th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -90,29 +91,41 @@ class Leases:
             return None, ""
         return _lease_of(entity), entity.metadata["etag"]
 
-    def _change(self, endpoint: str, decide: Callable[[Lease | None], Lease | None]) -> Lease:
-        """Apply ``decide(current or None) -> new Lease | None`` under the record's ETag."""
+    def _change(
+        self,
+        endpoint: str,
+        decide: Callable[[Lease | None], Lease | None],
+        known: tuple[Lease | None, str] | None = None,
+    ) -> tuple[Lease, str]:
+        """Apply ``decide(current or None) -> new Lease | None`` under the record's ETag; the lease and its ETag.
+
+        ``known``: the lease and ETag as this process last wrote them. The first try decides on
+        them without reading, as ``RunStore.update`` does with a known record.
+        """
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
         from azure.data.tables import UpdateMode
 
-        for _ in range(self._attempts):
-            current, etag = self._read(endpoint)
+        for attempt in range(self._attempts):
+            optimistic = attempt == 0 and known is not None
+            current, etag = known if optimistic and known is not None else self._read(endpoint)
             new = decide(current)
             if new is None or new == current:
-                return current or Lease(endpoint)
+                if optimistic:
+                    continue  # decided on what may be stale: read and decide again
+                return current or Lease(endpoint), etag
             entity = {"PartitionKey": PARTITION, "RowKey": endpoint, **asdict(new)}
             entity.pop("endpoint")
             try:
                 if current is None:
-                    self._table.create_entity(entity)
+                    written = self._table.create_entity(entity)
                 else:
-                    self._table.update_entity(
+                    written = self._table.update_entity(
                         entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
                     )
             except (ResourceExistsError, ResourceModifiedError):
                 continue
-            return new
+            return new, written["etag"]
         raise RuntimeError(f"lease on {endpoint}: gave up after {self._attempts} concurrent changes")
 
     def acquire(self, endpoint: str, record: RunRecord) -> Grant:
@@ -133,7 +146,7 @@ class Leases:
                 )
             return replace(lease, contender=record.run_id, contender_order=mine)
 
-        lease = self._change(endpoint, decide)
+        lease, _ = self._change(endpoint, decide)
         if lease.holder == record.run_id:
             return Grant.HELD, lease
         if lease.contender == record.run_id:
@@ -141,11 +154,13 @@ class Leases:
             return Grant.WAIT, lease
         return Grant.OVERTAKEN, lease
 
-    def hold(self, endpoint: str, holder: str) -> bool:
-        """Take a free endpoint for something other than a run (the idle sweep deleting it).
+    @contextmanager
+    def holding(self, endpoint: str, holder: str) -> Iterator[bool]:
+        """Hold a free endpoint for something other than a run (the idle sweep deleting it) while the block runs.
 
         Such a holder has no upload order, so every run that asks becomes the contender and
-        waits until it lets go.
+        waits until it lets go. Letting go starts from the lease as the hold wrote it: one
+        write, not a read and a write, unless a run asked for the endpoint meanwhile.
         """
 
         def decide(lease: Lease | None) -> Lease | None:
@@ -154,32 +169,42 @@ class Leases:
                 return None
             return replace(lease, holder=holder, holder_order="", since=now())
 
-        return self._change(endpoint, decide).holder == holder
+        held = self._change(endpoint, decide)
+        try:
+            yield held[0].holder == holder
+        finally:
+            if held[0].holder == holder:
+                self._change(endpoint, _releasing(holder), known=held)
 
     def release(self, endpoint: str, run_id: str, *, champion: RunRecord | None = None) -> None:
         """Give the endpoint up: a no-op unless ``run_id`` holds it or waits for it.
 
         ``champion``: the run that went live there, which every older run now loses to.
         """
-
-        def decide(lease: Lease | None) -> Lease | None:
-            if lease is None:
-                return None
-            changed = lease
-            if champion is not None and order(champion) > lease.champion_order:
-                changed = replace(changed, champion=champion.run_id, champion_order=order(champion))
-            if lease.holder == run_id:
-                changed = replace(changed, holder="", holder_order="", since="")
-            if lease.contender == run_id:
-                changed = replace(changed, contender="", contender_order="")
-            return changed
-
-        self._change(endpoint, decide)
+        self._change(endpoint, _releasing(run_id, champion))
 
     def taken(self) -> list[Lease]:
         """The leases someone holds or waits for (the table filters them: free ones are most of them)."""
         query = f"PartitionKey eq '{PARTITION}' and (holder ne '' or contender ne '')"
         return [_lease_of(entity) for entity in self._table.query_entities(query)]
+
+
+def _releasing(run_id: str, champion: RunRecord | None = None) -> Callable[[Lease | None], Lease | None]:
+    """The change that lets ``run_id`` go (as holder or contender) and notes ``champion``."""
+
+    def decide(lease: Lease | None) -> Lease | None:
+        if lease is None:
+            return None
+        changed = lease
+        if champion is not None and order(champion) > lease.champion_order:
+            changed = replace(changed, champion=champion.run_id, champion_order=order(champion))
+        if lease.holder == run_id:
+            changed = replace(changed, holder="", holder_order="", since="")
+        if lease.contender == run_id:
+            changed = replace(changed, contender="", contender_order="")
+        return changed
+
+    return decide
 
 
 def _lease_of(entity: dict[str, Any]) -> Lease:

@@ -318,26 +318,42 @@ class RunStore:
             return None, ""
         return RunRecord.from_entity(entity), entity.metadata["etag"]
 
-    def update(self, run_id: str, change: Callable[[RunRecord], RunRecord | None]) -> RunRecord:
+    def update(
+        self,
+        run_id: str,
+        change: Callable[[RunRecord], RunRecord | None],
+        *,
+        known: tuple[RunRecord, str] | None = None,
+    ) -> RunRecord:
         """Apply ``change`` to the current record and store it if nobody changed it meanwhile.
 
         ``change`` returns the new record, or None to leave it alone; it may run more than
         once (after a lost race), so it must only decide from the record it is given.
+
+        ``known``: the record and its ETag as the caller read them (``versions``). The first
+        try writes from it without reading; the ETag makes that write fail if the record moved
+        since, and the next try reads. What ``change`` leaves alone, or would move illegally,
+        on a known record is decided again on a fresh read: it may be stale.
         """
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError
         from azure.data.tables import UpdateMode
 
-        for _ in range(self._attempts):
-            current, etag = self._read(run_id)
+        for attempt in range(self._attempts):
+            optimistic = known is not None and attempt == 0
+            current, etag = known if optimistic and known is not None else self._read(run_id)
             if current is None:
                 raise KeyError(f"run {run_id!r} has no record")
             updated = change(current)
             if updated is None or updated == current:
+                if optimistic:
+                    continue
                 return current
             try:
                 check_transition(current.state, updated.state)
             except IllegalTransition as error:
+                if optimistic:
+                    continue
                 log.error("run %s: refused to write %s", run_id, error)
                 return current
             updated = self._announce(current, updated)
@@ -356,8 +372,12 @@ class RunStore:
         raise RuntimeError(f"run {run_id!r}: gave up after {self._attempts} concurrent updates")
 
     def all(self) -> Iterable[RunRecord]:
+        return (record for record, _ in self.versions())
+
+    def versions(self) -> Iterable[tuple[RunRecord, str]]:
+        """Every record with the ETag it was read with, for an ``update(..., known=...)`` later."""
         for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}'"):
-            yield RunRecord.from_entity(entity)
+            yield RunRecord.from_entity(entity), entity.metadata["etag"]
 
     def where(self, field: str, value: str) -> list[RunRecord]:
         """The runs whose ``field`` equals ``value``, read now (one filtered query, not a scan)."""

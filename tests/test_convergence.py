@@ -291,13 +291,13 @@ def test_a_rollout_whose_lease_the_sweep_holds_for_a_moment_waits(services: Serv
     deploying = step_until(services, record.run_id, lambda r: r.state is RunState.DEPLOYING)
     leases = Leases(services.storage.table)
     leases.release(deploying.endpoint, record.run_id)  # released under it (a reconciler misjudged)
-    assert leases.hold(deploying.endpoint, "sweep:test")
+    with leases.holding(deploying.endpoint, "sweep:test") as held:
+        assert held
+        result = advance(orjson.dumps({"run_id": record.run_id, "token": deploying.poll_token}), services)
+        assert result.action == "waiting" and "held by sweep:test" in result.reason
+        assert services.runs.get(record.run_id).state is RunState.DEPLOYING
 
-    result = advance(orjson.dumps({"run_id": record.run_id, "token": deploying.poll_token}), services)
-    assert result.action == "waiting" and "held by sweep:test" in result.reason
-    assert services.runs.get(record.run_id).state is RunState.DEPLOYING
-
-    leases.release(deploying.endpoint, "sweep:test")
+    assert leases.get(deploying.endpoint).holder == ""  # let go, though the run asked meanwhile
     pump(services)
     assert_live(services, fake_platform, record)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 from shared.runs import RunRecord, RunState, RunStore
+from tests.counting import CountingTable
 
 
 def test_claim_creates_once(storage) -> None:
@@ -67,3 +69,46 @@ def test_history_is_capped(storage) -> None:
         record = record.moved(RunState.TRAINING, f"step {i}")
     assert len(record.history) == 40
     assert record.history[-1]["note"] == "step 99"
+
+
+def test_an_update_from_a_known_version_writes_without_reading(storage) -> None:
+    table = CountingTable(storage.table)
+    store = RunStore(table)
+    store.claim(RunRecord(run_id="r6", dataset="d", sha256="s"))
+    (known,) = [(record, etag) for record, etag in store.versions() if record.run_id == "r6"]
+
+    updated = store.update("r6", lambda r: r.moved(RunState.RECEIVED), known=known)
+    assert table.reads == 0
+    assert store.get("r6") == updated and updated.state is RunState.RECEIVED
+
+
+def test_an_update_from_a_stale_version_reads_and_decides_again(storage) -> None:
+    table = CountingTable(storage.table)
+    store = RunStore(table)
+    store.claim(RunRecord(run_id="r7", dataset="d", sha256="s"))
+    (stale,) = [(record, etag) for record, etag in store.versions() if record.run_id == "r7"]
+    store.update("r7", lambda r: r.moved(r.state, duplicates=["incoming/first.jsonl"]))  # moved on meanwhile
+
+    seen: list[list[str]] = []
+
+    def append(record: RunRecord) -> RunRecord:
+        seen.append(record.duplicates)
+        return record.moved(record.state, duplicates=[*record.duplicates, "incoming/second.jsonl"])
+
+    assert store.update("r7", append, known=stale).duplicates == ["incoming/first.jsonl", "incoming/second.jsonl"]
+    assert seen == [[], ["incoming/first.jsonl"]]  # the stale write failed on its ETag; the fresh one won
+    assert store.get("r7").duplicates == ["incoming/first.jsonl", "incoming/second.jsonl"]
+
+
+def test_nothing_to_do_on_a_known_version_is_checked_on_a_fresh_read(storage) -> None:
+    store = RunStore(storage.table)
+    store.claim(RunRecord(run_id="r8", dataset="d", sha256="s"))
+    (stale,) = [(record, etag) for record, etag in store.versions() if record.run_id == "r8"]
+    store.update("r8", lambda r: r.moved(r.state, duplicates=["incoming/again.jsonl"]))
+
+    # Decided on the stale record, nothing needs doing; on the current one, something does.
+    def note_duplicates(record: RunRecord) -> RunRecord | None:
+        return replace(record, sweep_note="has duplicates") if record.duplicates else None
+
+    assert store.update("r8", note_duplicates, known=stale).sweep_note == "has duplicates"
+    assert store.get("r8").sweep_note == "has duplicates"

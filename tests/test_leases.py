@@ -1,0 +1,42 @@
+"""Endpoint leases over Azurite's table service: the sweep's short hold and what a run sees meanwhile."""
+
+from __future__ import annotations
+
+from shared.leases import Grant, Leases
+from shared.runs import RunRecord
+from tests.counting import CountingTable
+
+ENDPOINT = "ft-chat"
+
+
+def _run(run_id: str, created_at: str) -> RunRecord:
+    return RunRecord(run_id=run_id, dataset="incoming/chat.jsonl", sha256="s", created_at=created_at)
+
+
+def test_a_hold_lets_go_with_one_write_when_nobody_asked(storage) -> None:
+    table = CountingTable(storage.table)
+    leases = Leases(table)
+    with leases.holding(ENDPOINT, "sweep:a") as held:
+        assert held and leases.get(ENDPOINT).holder == "sweep:a"
+        reads = table.reads
+    assert table.reads == reads  # the release wrote from the hold's own ETag
+    assert leases.get(ENDPOINT).holder == ""
+
+
+def test_a_run_that_asks_during_a_hold_waits_and_is_still_waiting_after(storage) -> None:
+    leases = Leases(storage.table)
+    run = _run("r1", "2026-12-08T01:00:00+00:00")
+    with leases.holding(ENDPOINT, "sweep:a") as held:
+        assert held
+        assert leases.acquire(ENDPOINT, run) is Grant.WAIT  # the hold's ETag is stale now
+    lease = leases.get(ENDPOINT)
+    assert (lease.holder, lease.contender) == ("", "r1")
+    assert leases.acquire(ENDPOINT, run) is Grant.HELD
+
+
+def test_an_endpoint_a_run_holds_is_not_held_and_not_let_go(storage) -> None:
+    leases = Leases(storage.table)
+    leases.acquire(ENDPOINT, _run("r1", "2026-12-08T01:00:00+00:00"))
+    with leases.holding(ENDPOINT, "sweep:a") as held:
+        assert not held
+    assert leases.get(ENDPOINT).holder == "r1"
