@@ -121,9 +121,13 @@ def test_bad_settings_exit_2(tmp_path: Path, big: bool) -> None:
 # The CLI on a small file, on every core, with the hashing and every range slowed down so that
 # Ctrl-C lands while all the processes run; the marker says a worker has its first range.
 _SLOW_PARALLEL_RUN = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from shared.validation import parallel, validator
+
+# Ctrl-C as a terminal's foreground command gets it: a test run in the background (nohup, `make test &`)
+# inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 validator.PARALLEL_FROM_BYTES = 1
 parallel.HEAD_BYTES = parallel.BLOCK_BYTES = 1_000  # ranges for the workers, not just the head
@@ -158,12 +162,16 @@ def test_ctrl_c_during_a_parallel_validation_is_one_line(tmp_path: Path) -> None
         text=True,
         start_new_session=True,  # its own process group, as a shell gives a command
     ) as process:
-        deadline = time.monotonic() + 30
-        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert marker.exists(), process.communicate()[1]
-        os.killpg(process.pid, signal.SIGINT)
-        out, err = process.communicate(timeout=30)
+        try:
+            deadline = time.monotonic() + 30
+            while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert marker.exists(), process.communicate()[1]
+            os.killpg(process.pid, signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:  # a failure here must not hang the suite on the workers' sleeps
+                os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130
     assert err == "ftpilot: interrupted\n"  # no worker's traceback beside it
     assert out == ""
