@@ -209,15 +209,13 @@ def _delete_orphans(endpoint: EndpointInfo, services: Services) -> tuple[str, ..
     return deleted
 
 
-def _news(decision: Decision, run: RunRecord | None) -> bool:
+def _news(decision: Decision, run: RunRecord) -> bool:
     """Whether the run record should hear of ``decision``.
 
     A kept endpoint's record is rewritten only when the reason for keeping it changes (counts
     aside): otherwise a fleet of busy endpoints costs two table round trips each on every tick,
     and each write can race the rollout worker's updates. The note's time says since when.
     """
-    if run is None:
-        return False
     if decision.action != "kept":
         return True
     return _shape(run.sweep_note.partition(" sweep: ")[2]) != _shape(_note(decision))
