@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from shared import lifecycle
+from shared.leases import LeaseVersion
 from shared.lifecycle import event, notice_id, with_event
 from shared.logs import append_keys
 from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE
@@ -161,29 +162,30 @@ def _decide(
     if probes:
         idle += f" but ftpilot's own {probes} (smoke test and promotion gate)"
     idle += _savings(run, services)
-    if dry_run:
-        return Decision(endpoint.name, "would_delete", idle, run_id)
-    return _delete(endpoint, run_id, idle, services)
+    return Decision(endpoint.name, "would_delete", idle, run_id)
 
 
-def _delete(endpoint: EndpointInfo, run_id: str, idle: str, services: Services) -> Decision:
-    """Delete under the endpoint's lease, after one more look at its runs."""
-    with services.leases.holding(endpoint.name, f"sweep:{uuid.uuid4().hex[:12]}") as held:
+def _delete(would: Decision, services: Services, lease: LeaseVersion) -> Decision:
+    """Delete what ``_decide`` would, under the endpoint's lease, after one more look at its runs.
+
+    ``lease``: the endpoint's lease as the sweep read it at its start, to take it without a read.
+    """
+    endpoint, idle, run_id = would.endpoint, would.reason, would.run_id
+    with services.leases.holding(endpoint, f"sweep:{uuid.uuid4().hex[:12]}", known=lease) as held:
         if not held:
-            return Decision(endpoint.name, "kept", "a rollout holds or waits for the endpoint", run_id)
+            return Decision(endpoint, "kept", "a rollout holds or waits for the endpoint", run_id)
         try:
-            rolling = [r for r in services.runs.where("endpoint", endpoint.name) if r.state.rolling_out]
+            rolling = [r for r in services.runs.where("endpoint", endpoint) if r.state.rolling_out]
             if rolling:
-                reason = f"run {rolling[0].run_id} started rolling out"
-                return Decision(endpoint.name, "kept", reason, rolling[0].run_id)
-            services.platform.begin_delete_endpoint(endpoint.name)
+                return Decision(endpoint, "kept", f"run {rolling[0].run_id} started rolling out", rolling[0].run_id)
+            services.platform.begin_delete_endpoint(endpoint)
         except Exception as error:
             reason = f"delete failed ({type(error).__name__}: {error}); retried next tick"
-            return Decision(endpoint.name, "failed", reason, run_id)
-    return Decision(endpoint.name, "deleted", idle, run_id)
+            return Decision(endpoint, "failed", reason, run_id)
+    return Decision(endpoint, "deleted", idle, run_id)
 
 
-def _delete_orphans(endpoint: EndpointInfo, services: Services) -> tuple[str, ...]:
+def _delete_orphans(endpoint: EndpointInfo, services: Services, lease: LeaseVersion) -> tuple[str, ...]:
     """Deployments on a kept endpoint that no live or rolling-out run owns, with no traffic, past the grace.
 
     The run records are read only when the listing shows a candidate (most endpoints have just
@@ -196,7 +198,7 @@ def _delete_orphans(endpoint: EndpointInfo, services: Services) -> tuple[str, ..
     ]
     if not candidates:
         return ()
-    with services.leases.holding(endpoint.name, f"sweep:{uuid.uuid4().hex[:12]}") as held:
+    with services.leases.holding(endpoint.name, f"sweep:{uuid.uuid4().hex[:12]}", known=lease) as held:
         if not held:
             return ()
         runs = services.runs.where("endpoint", endpoint.name)
@@ -283,6 +285,7 @@ def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
     for record, etag in services.runs.versions():
         by_endpoint.setdefault(record.endpoint, []).append(record)
         etags[record.run_id] = etag
+    leases = services.leases.versions()
 
     def one(endpoint: EndpointInfo) -> Decision:
         mine = by_endpoint.get(endpoint.name, [])
@@ -291,10 +294,13 @@ def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
             return _sweep_one(endpoint, run, mine)
 
     def _sweep_one(endpoint: EndpointInfo, run: RunRecord | None, mine: list[RunRecord]) -> Decision:
+        lease = leases.get(endpoint.name, (None, ""))  # none on record: known to be absent
         try:
             decision = _decide(endpoint, run, services, dry_run, mine)
-            if decision.action == "kept" and not dry_run:
-                decision = replace(decision, orphans=_delete_orphans(endpoint, services))
+            if decision.action == "would_delete" and not dry_run:
+                decision = _delete(decision, services, lease)
+            elif decision.action == "kept" and not dry_run:
+                decision = replace(decision, orphans=_delete_orphans(endpoint, services, lease))
         except Exception as error:  # one endpoint's trouble must not stop the sweep
             decision = Decision(endpoint.name, "failed", f"{type(error).__name__}: {error}", run.run_id if run else "")
         if not dry_run and run is not None and _news(decision, run):

@@ -74,6 +74,10 @@ class Lease:
         return self.champion if self.champion_order > order(record) else ""
 
 
+# A lease as read or written, with its ETag; (None, "") for an endpoint known to have none.
+LeaseVersion = tuple[Lease | None, str]
+
+
 class Leases:
     def __init__(self, table: TableClient, attempts: int = 8) -> None:
         self._table = table
@@ -95,12 +99,13 @@ class Leases:
         self,
         endpoint: str,
         decide: Callable[[Lease | None], Lease | None],
-        known: tuple[Lease | None, str] | None = None,
+        known: LeaseVersion | None = None,
     ) -> tuple[Lease, str]:
         """Apply ``decide(current or None) -> new Lease | None`` under the record's ETag; the lease and its ETag.
 
-        ``known``: the lease and ETag as this process last wrote them. The first try decides on
-        them without reading, as ``RunStore.update`` does with a known record.
+        ``known``: the lease and ETag as this process read or wrote them. The first try decides
+        on them without reading, as ``RunStore.update`` does with a known record: a stale ETag
+        fails the write (a lease known to be absent, the create) and the next try reads.
         """
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
@@ -155,11 +160,12 @@ class Leases:
         return Grant.OVERTAKEN, lease
 
     @contextmanager
-    def holding(self, endpoint: str, holder: str) -> Iterator[bool]:
+    def holding(self, endpoint: str, holder: str, *, known: LeaseVersion | None = None) -> Iterator[bool]:
         """Hold a free endpoint for something other than a run (the idle sweep deleting it) while the block runs.
 
         Such a holder has no upload order, so every run that asks becomes the contender and
-        waits until it lets go. Letting go starts from the lease as the hold wrote it: one
+        waits until it lets go. ``known``: the lease as the caller read it (``versions``), to
+        take it without a read. Letting go starts from the lease as the hold wrote it: one
         write, not a read and a write, unless a run asked for the endpoint meanwhile.
         """
 
@@ -169,7 +175,7 @@ class Leases:
                 return None
             return replace(lease, holder=holder, holder_order="", since=now())
 
-        held = self._change(endpoint, decide)
+        held = self._change(endpoint, decide, known=known)
         try:
             yield held[0].holder == holder
         finally:
@@ -182,6 +188,11 @@ class Leases:
         ``champion``: the run that went live there, which every older run now loses to.
         """
         self._change(endpoint, _releasing(run_id, champion))
+
+    def versions(self) -> dict[str, LeaseVersion]:
+        """Every endpoint's lease with its ETag, by endpoint (one query), for ``holding(..., known=)``."""
+        entities = self._table.query_entities(f"PartitionKey eq '{PARTITION}'")
+        return {entity["RowKey"]: (_lease_of(entity), entity.metadata["etag"]) for entity in entities}
 
     def taken(self) -> list[Lease]:
         """The leases someone holds or waits for (the table filters them: free ones are most of them)."""

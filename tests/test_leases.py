@@ -40,3 +40,32 @@ def test_an_endpoint_a_run_holds_is_not_held_and_not_let_go(storage) -> None:
     with leases.holding(ENDPOINT, "sweep:a") as held:
         assert not held
     assert leases.get(ENDPOINT).holder == "r1"
+
+
+def test_a_hold_from_the_versions_read_before_needs_no_read(storage) -> None:
+    table = CountingTable(storage.table)
+    leases = Leases(table)
+    leases.acquire("ft-other", _run("r0", "2026-12-08T00:00:00+00:00"))
+    versions = leases.versions()
+    assert set(versions) == {"ft-other"}
+    reads = table.reads
+    with leases.holding(ENDPOINT, "sweep:a", known=versions.get(ENDPOINT, (None, ""))) as held:
+        assert held  # known to have no lease: created without a read
+    assert table.reads == reads
+    assert leases.get(ENDPOINT).holder == ""
+
+
+def test_a_hold_from_a_stale_version_sees_the_run_that_came_since(storage) -> None:
+    leases = Leases(storage.table)
+    absent = leases.versions().get(ENDPOINT, (None, ""))
+    leases.acquire(ENDPOINT, _run("r1", "2026-12-08T01:00:00+00:00"))  # after the sweep read the leases
+    with leases.holding(ENDPOINT, "sweep:a", known=absent) as held:
+        assert not held
+    assert leases.get(ENDPOINT).holder == "r1"
+
+    leases.release(ENDPOINT, "r1")
+    stale = leases.versions()[ENDPOINT]
+    leases.acquire(ENDPOINT, _run("r2", "2026-12-08T02:00:00+00:00"))
+    with leases.holding(ENDPOINT, "sweep:a", known=stale) as held:
+        assert not held
+    assert leases.get(ENDPOINT).holder == "r2"
