@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from shared.runs import now
+from shared.runs import now, versions_to_try
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -111,9 +111,7 @@ class Leases:
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
         from azure.data.tables import UpdateMode
 
-        for attempt in range(self._attempts):
-            optimistic = attempt == 0 and known is not None
-            current, etag = known if optimistic and known is not None else self._read(endpoint)
+        for current, etag, optimistic in versions_to_try(lambda: self._read(endpoint), self._attempts, known):
             new = decide(current)
             if new is None or new == current:
                 if optimistic:
@@ -175,12 +173,13 @@ class Leases:
                 return None
             return replace(lease, holder=holder, holder_order="", since=now())
 
-        held = self._change(endpoint, decide, known=known)
+        lease, etag = self._change(endpoint, decide, known=known)
+        held = lease.holder == holder
         try:
-            yield held[0].holder == holder
+            yield held
         finally:
-            if held[0].holder == holder:
-                self._change(endpoint, _releasing(holder), known=held)
+            if held:
+                self._change(endpoint, _releasing(holder), known=(lease, etag))
 
     def release(self, endpoint: str, run_id: str, *, champion: RunRecord | None = None) -> None:
         """Give the endpoint up: a no-op unless ``run_id`` holds it or waits for it.

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -271,6 +271,25 @@ class Announcer(Protocol):
         """Called once ``record``, carrying events it did not have before, is stored."""
 
 
+_V = TypeVar("_V")
+
+
+def versions_to_try(
+    read: Callable[[], tuple[_V, str]], attempts: int, known: tuple[_V, str] | None = None
+) -> Iterator[tuple[_V, str, bool]]:
+    """The versions a read-modify-write under an ETag decides on, one per try, at most ``attempts``.
+
+    ``known`` (a version the caller read or wrote) comes first and saves a read; every other try
+    reads afresh. The flag says the version is the caller's: it may be stale, so a write from it
+    is only ever conditional, and a decision to do nothing must be made again on a fresh read.
+    """
+    for attempt in range(attempts):
+        if attempt == 0 and known is not None:
+            yield (*known, True)
+        else:
+            yield (*read(), False)
+
+
 class RunStore:
     """Read and change run records with optimistic concurrency.
 
@@ -339,9 +358,7 @@ class RunStore:
         from azure.core.exceptions import ResourceModifiedError
         from azure.data.tables import UpdateMode
 
-        for attempt in range(self._attempts):
-            optimistic = known is not None and attempt == 0
-            current, etag = known if optimistic and known is not None else self._read(run_id)
+        for current, etag, optimistic in versions_to_try(lambda: self._read(run_id), self._attempts, known):
             if current is None:
                 raise KeyError(f"run {run_id!r} has no record")
             updated = change(current)

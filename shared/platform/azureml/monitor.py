@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from azure.mgmt.monitor import MonitorManagementClient
 
 METRIC = "RequestsPerMinute"
-GRAIN = "PT1M"  # MINUTE_S
+GRAIN = "PT1M"  # ISO 8601 for MINUTE_S
 
 
 def endpoint_resource_id(subscription_id: str, resource_group: str, workspace: str, endpoint: str) -> str:
@@ -54,10 +54,11 @@ def request_counts(
         )
     except ResourceNotFoundError:
         raise NotFoundError(f"no such endpoint: {resource_id}") from None
+    points = (
+        point for metric in response.value or () for series in metric.timeseries or () for point in series.data or ()
+    )
     per_minute: dict[int, float] = {}
-    for metric in response.value or ():
-        for series in metric.timeseries or ():
-            for point in series.data or ():
-                minute = int(point.time_stamp.timestamp() // MINUTE_S)
-                per_minute[minute] = per_minute.get(minute, 0.0) + (point.average or 0.0)
+    for point in points:
+        minute = int(point.time_stamp.timestamp() // MINUTE_S)
+        per_minute[minute] = per_minute.get(minute, 0.0) + (point.average or 0.0)
     return RequestCounts(as_of=end.timestamp(), window_s=window_s, per_minute=per_minute)
