@@ -47,7 +47,7 @@ def fleet(services: Services, fake_platform):
 def test_mixed_fleet(services: Services, fleet) -> None:
     decisions = {d.endpoint: d for d in sweep(services)}
 
-    assert set(fleet.endpoints) == {
+    assert fleet.standing() == {
         "ft-busy",
         "ft-young",
         "ft-kept",
@@ -116,7 +116,7 @@ def test_failed_delete_is_recorded_and_retried_next_tick(services: Services, fle
     fleet.undeletable.clear()
     second = {d.endpoint: d for d in sweep(services)}
     assert second["ft-idle"].action == "deleted"
-    assert "ft-idle" not in fleet.endpoints
+    assert "ft-idle" not in fleet.standing()
 
 
 def test_endpoint_without_a_run_record_is_still_swept(services: Services, fake_platform) -> None:
@@ -133,7 +133,7 @@ def test_timer_function_runs_the_sweep(services: Services, fleet, app_functions:
     assert binding["schedule"] == "%FTPILOT_CLEANUP_SCHEDULE%"
     assert binding["runOnStartup"] is False
     cleanup(TimerRequest(past_due=False))  # the class the worker builds
-    assert "ft-idle" not in fleet.endpoints
+    assert "ft-idle" in fleet.deleting()
 
 
 def test_orphan_deployments_on_a_kept_endpoint_are_deleted_and_nothing_else(services: Services, fake_platform) -> None:

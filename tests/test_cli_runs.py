@@ -71,7 +71,7 @@ def test_cleanup_without_dry_run_is_one_real_tick(env: Services, fake_platform, 
     run(env, "r-idle", "ft-idle", RunState.LIVE)
     assert cli.main(["cleanup", "--json"]) == cli.EXIT_OK
     assert json.loads(capsys.readouterr().out)[0]["action"] == "deleted"
-    assert "ft-idle" not in fake_platform.endpoints
+    assert "ft-idle" in fake_platform.deleting()
     assert env.runs.get("r-idle").state is RunState.RETIRED
 
 

@@ -64,7 +64,7 @@ def test_an_idle_endpoint_is_announced_then_deleted_after_the_notice(noticed: Se
 
     clock[0] += timedelta(seconds=120)
     (done,) = sweep(noticed)
-    assert done.action == "deleted" and "ft-idle" not in fake_platform.endpoints
+    assert done.action == "deleted" and "ft-idle" in fake_platform.deleting()
     run = noticed.runs.get("r-idle")
     assert run.state is RunState.RETIRED
     kinds = [event["type"] for event in run.unsent]

@@ -155,6 +155,24 @@ def test_deleting_something_missing_is_a_no_op(any_adapter: Harness) -> None:
     assert platform.get_endpoint(ENDPOINT) is not None
 
 
+def test_an_endpoint_being_deleted_is_deleted_once(any_adapter: Harness) -> None:
+    """Until it is gone it lists as deleting (the local workspace deletes at once), and deleting
+    it again meanwhile is a no-op: the idle sweep that lost the answer to its delete asks again.
+    Creating it meanwhile is refused."""
+    platform = any_adapter.platform
+    any_adapter.endpoint()
+    promptly(lambda: platform.begin_delete_endpoint(ENDPOINT))
+    listed = [e.state for e in platform.list_endpoints() if e.name == ENDPOINT]
+    assert listed in ([], [ProvisioningState.DELETING]), listed
+    promptly(lambda: platform.begin_delete_endpoint(ENDPOINT))
+    if listed:
+        with pytest.raises(ConflictError):
+            platform.begin_create_endpoint(EndpointRequest(ENDPOINT, "contract"))
+    any_adapter.settle()
+    assert platform.get_endpoint(ENDPOINT) is None
+    assert ENDPOINT not in [e.name for e in platform.list_endpoints()]
+
+
 def test_unknown_jobs_and_endpoints_have_no_metrics(any_adapter: Harness) -> None:
     with pytest.raises(NotFoundError):
         any_adapter.platform.get_job_metrics("ftpilot-nope")

@@ -302,7 +302,10 @@ class MLPlatform(Protocol):
         ...
 
     def begin_delete_endpoint(self, name: str) -> None:
-        """Start deleting the endpoint and its deployments; a no-op when it is gone."""
+        """Start deleting the endpoint and its deployments; a no-op when it is gone or being deleted.
+
+        Until it is gone, the endpoint is listed and read as ``DELETING``.
+        """
         ...
 
     def invoke(self, endpoint_name: str, deployment_name: str, payload: Mapping[str, Any], timeout_s: float) -> Any:

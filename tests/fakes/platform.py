@@ -4,7 +4,9 @@ Azure ML cannot exist here, so intake, rollout and cleanup tests run against thi
 the port. It keeps state like the service does: job names are unique, endpoints and
 deployments are long-running operations that stay ``creating`` for a few reads before they
 succeed (or fail, when a test says so), creating an existing name is a conflict, traffic
-must name existing deployments, deletes are idempotent. It stands in for the service only:
+must name existing deployments, deletes are idempotent. A deleted endpoint stays ``deleting``
+for a few reads (listings included) before it is gone, and meanwhile refuses what the
+workspace emulator refuses of one: a create, a deployment, traffic, requests. It stands in for the service only:
 the domain logic under test is all real.
 """
 
@@ -169,23 +171,34 @@ class FakePlatform:
     # Endpoints ----------------------------------------------------------------------------
     def get_endpoint(self, name: str) -> EndpointInfo | None:
         with self._lock:
-            endpoint = self.endpoints.get(name)
-            if endpoint is None:
-                return None
-            if endpoint.pending > 0:
-                endpoint.pending -= 1
-                if endpoint.pending == 0:
-                    endpoint.info = replace(endpoint.info, state=ProvisioningState.SUCCEEDED)
-            info = endpoint.info
+            info = self._observe(name)
         self._called("get_endpoint")
         return info
 
+    def _observe(self, name: str) -> EndpointInfo | None:
+        """A read of the endpoint, which moves its operation on: created, or deleted, after a few reads."""
+        endpoint = self.endpoints.get(name)
+        if endpoint is None:
+            return None
+        if endpoint.pending > 0:
+            endpoint.pending -= 1
+            if endpoint.pending == 0 and endpoint.info.state is ProvisioningState.DELETING:
+                del self.endpoints[name]
+                return None
+            if endpoint.pending == 0:
+                endpoint.info = replace(endpoint.info, state=ProvisioningState.SUCCEEDED)
+        return endpoint.info
+
     def list_endpoints(self) -> list[EndpointInfo]:
-        return [e.info for e in self.endpoints.values()]
+        with self._lock:
+            listed = [self._observe(name) for name in list(self.endpoints)]
+        return [info for info in listed if info is not None]
 
     def begin_create_endpoint(self, request: EndpointRequest) -> None:
         with self._lock:
             existing = self.endpoints.get(request.name)
+            if existing is not None and existing.info.state is ProvisioningState.DELETING:
+                raise ConflictError(f"endpoint {request.name} is being deleted")
             if existing is not None and existing.info.state is not ProvisioningState.FAILED:
                 self._called("begin_create_endpoint")
                 return  # left alone, as the service's adapters do
@@ -205,12 +218,23 @@ class FakePlatform:
         if name in self.undeletable:
             raise PlatformError(f"endpoint {name}: delete rejected (409 Conflict: an operation is in progress)")
         with self._lock:
-            self.endpoints.pop(name, None)
+            endpoint = self.endpoints.get(name)
+            if endpoint is not None and endpoint.info.state is not ProvisioningState.DELETING:
+                endpoint.info = replace(endpoint.info, state=ProvisioningState.DELETING)
+                endpoint.pending = READS_TO_PROVISION
         self._called("begin_delete_endpoint")
+
+    def deleting(self) -> set[str]:
+        """The endpoints being deleted: no longer billing, not yet gone."""
+        return {name for name, e in self.endpoints.items() if e.info.state is ProvisioningState.DELETING}
+
+    def standing(self) -> set[str]:
+        """The endpoints that exist and are not being deleted."""
+        return set(self.endpoints) - self.deleting()
 
     def begin_set_traffic(self, endpoint_name: str, traffic: Mapping[str, int]) -> None:
         with self._lock:
-            endpoint = self._endpoint(endpoint_name)
+            endpoint = self._endpoint(endpoint_name, changing=True)
             unknown = set(traffic) - set(endpoint.deployments)
             if unknown:
                 raise NotFoundError(f"endpoint {endpoint_name} has no deployment {', '.join(sorted(unknown))}")
@@ -220,10 +244,14 @@ class FakePlatform:
             endpoint.pending = READS_TO_PROVISION
         self._called("begin_set_traffic")
 
-    def _endpoint(self, name: str) -> _Endpoint:
+    def _endpoint(self, name: str, *, changing: bool = False) -> _Endpoint:
+        """The endpoint; ``changing``: for a change or a call, which one being deleted refuses."""
         if name not in self.endpoints:
             raise NotFoundError(f"endpoint {name} does not exist")
-        return self.endpoints[name]
+        endpoint = self.endpoints[name]
+        if changing and endpoint.info.state is ProvisioningState.DELETING:
+            raise ConflictError(f"endpoint {name} is being deleted")
+        return endpoint
 
     # Deployments --------------------------------------------------------------------------
     def begin_create_deployment(self, request: DeploymentRequest) -> None:
@@ -231,7 +259,7 @@ class FakePlatform:
         if allowed is not None and request.instance_type not in allowed:
             raise PlatformConfigError(f"instance type {request.instance_type} cannot serve {request.base_model}")
         with self._lock:
-            endpoint = self._endpoint(request.endpoint_name)
+            endpoint = self._endpoint(request.endpoint_name, changing=True)
             existing = endpoint.deployments.get(request.name)
             if existing is not None:
                 if existing.model_id != request.model_id:
@@ -282,7 +310,7 @@ class FakePlatform:
 
     def invoke(self, endpoint_name: str, deployment_name: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
         with self._lock:
-            endpoint = self._endpoint(endpoint_name)
+            endpoint = self._endpoint(endpoint_name, changing=True)
             deployment = endpoint.deployments.get(deployment_name)
             if deployment is None or deployment.state is not ProvisioningState.SUCCEEDED:
                 raise PlatformError(f"deployment {deployment_name} cannot take requests")

@@ -102,7 +102,14 @@ def begin_set_traffic(ml_client: MLClient, endpoint_name: str, traffic: Mapping[
 
 
 def begin_delete_endpoint(ml_client: MLClient, name: str) -> None:
-    """Start deleting the endpoint and its deployments; nothing to do if it is gone."""
+    """Start deleting the endpoint and its deployments; nothing to do if it is gone or already going.
+
+    Looks first: a caller asks again when it lost the answer to its first delete, and a second
+    DELETE while the first runs would be refused as an operation in progress (409).
+    """
+    endpoint = get_or_none(ml_client.online_endpoints.get, name)
+    if endpoint is None or provisioning_state(endpoint.provisioning_state) is ProvisioningState.DELETING:
+        return
     get_or_none(ml_client.online_endpoints.begin_delete, name=name)
 
 
