@@ -164,7 +164,9 @@ class Leases:
         Such a holder has no upload order, so every run that asks becomes the contender and
         waits until it lets go. ``known``: the lease as the caller read it (``versions``), to
         take it without a read. Letting go starts from the lease as the hold wrote it: one
-        write, not a read and a write, unless a run asked for the endpoint meanwhile.
+        write, not a read and a write, unless a run asked for the endpoint meanwhile. A failure to
+        let go is logged, not raised: what the block did stands, and the reconciler frees a hold
+        older than its limit (``shared.reconcile.SWEEP_LEASE_S``).
         """
 
         def decide(lease: Lease | None) -> Lease | None:
@@ -179,7 +181,10 @@ class Leases:
             yield held
         finally:
             if held:
-                self._change(endpoint, _releasing(holder), known=(lease, etag))
+                try:
+                    self._change(endpoint, _releasing(holder), known=(lease, etag))
+                except Exception as error:
+                    log.warning("lease %s: %s could not let go (%s: %s)", endpoint, holder, type(error).__name__, error)
 
     def release(self, endpoint: str, run_id: str, *, champion: RunRecord | None = None) -> None:
         """Give the endpoint up: a no-op unless ``run_id`` holds it or waits for it.
