@@ -13,9 +13,15 @@ for the sweep or is seen. On the endpoints it keeps, the sweep deletes orphan de
 no live or rolling-out run owns them, they take no traffic and are older than the grace.
 
 Every decision is written to the run record; a failed delete is reported and, since the
-endpoint is still there, retried on the next tick. Endpoints are checked concurrently with a
-bound: each check is a network call (Azure Monitor, one per endpoint: its per-minute counts
-answer both the window and the window less the notice) and a fleet can be hundreds of endpoints.
+endpoint is still there, retried on the next tick. The record hears of a deletion only after
+it was begun, and the answer can be lost on the way (a timeout after the service took the
+delete, a worker killed right after it), so the sweep also looks for live runs whose endpoint
+is being deleted or gone, and retires them: as the idle deletion it is, when the run's note
+shows that the sweep had begun it, or else as an endpoint someone else deleted.
+
+Endpoints are checked concurrently with a bound: each check is a network call (Azure Monitor,
+one per endpoint: its per-minute counts answer both the window and the window less the
+notice) and a fleet can be hundreds of endpoints.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from shared.leases import LeaseVersion
 from shared.lifecycle import event, notice_id, with_event
 from shared.logs import append_keys
 from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE
-from shared.platform.port import EndpointInfo
+from shared.platform.port import EndpointInfo, ProvisioningState
 from shared.runs import RunRecord, RunState, age_s, now, utcnow
 from shared.services import Services
 
@@ -42,11 +48,17 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Decision:
     endpoint: str
-    action: str  # deleted | would_delete | announced | would_announce | kept | failed
+    action: str  # deleted | would_delete | announced | would_announce | kept | failed | gone
     reason: str
     run_id: str = ""
     orphans: tuple[str, ...] = ()  # orphan deployments deleted on a kept endpoint
     deletion_due_at: str = ""  # announced: when the endpoint is deleted unless someone calls it
+
+
+# A run's sweep note once the sweep has begun deleting its endpoint: the note written right
+# before the delete, and the one a failed delete leaves (it may have taken effect all the same).
+_DELETING = "deleting: "
+_BEGUN = (_DELETING, "failed: delete failed")
 
 
 def managed(endpoint: EndpointInfo) -> bool:
@@ -97,12 +109,12 @@ def saves_per_day(run: RunRecord | None, services: Services) -> float | None:
     return None if price is None else round(price * count * 24, 2)
 
 
-def _idle(run: RunRecord | None, endpoint: EndpointInfo, services: Services, **extra: object) -> dict[str, object]:
+def _idle(run: RunRecord | None, endpoint: str, services: Services, **extra: object) -> dict[str, object]:
     """What the idle events carry: the endpoint, the window and what the deletion saves."""
     settings = services.settings
     instance_type, count = _instances(run, services)
     return {
-        "endpoint": endpoint.name,
+        "endpoint": endpoint,
         "idle_window_s": settings.idle_window_s,
         "instance_type": instance_type,
         "instance_count": count,
@@ -178,11 +190,41 @@ def _delete(would: Decision, services: Services, lease: LeaseVersion) -> Decisio
             rolling = [r for r in services.runs.where("endpoint", endpoint) if r.state.rolling_out]
             if rolling:
                 return Decision(endpoint, "kept", f"run {rolling[0].run_id} started rolling out", rolling[0].run_id)
+            if run_id:  # first the note, so a lost answer to the delete still reads as the sweep's
+                services.runs.update(run_id, lambda r: replace(r, sweep_note=f"{now()} sweep: {_DELETING}{idle}"))
             services.platform.begin_delete_endpoint(endpoint)
         except Exception as error:
             reason = f"delete failed ({type(error).__name__}: {error}); retried next tick"
             return Decision(endpoint, "failed", reason, run_id)
     return Decision(endpoint, "deleted", idle, run_id)
+
+
+def _gone(endpoint: str, run: RunRecord | None, what: str) -> Decision:
+    """The decision on an endpoint that is being deleted or gone (``what`` says which), for its run.
+
+    A live run there is retired: as an idle deletion (``deleted``) when its note shows the sweep
+    had begun one, whose answer was lost; otherwise someone else deleted the endpoint (``gone``).
+    """
+    run_id = run.run_id if run else ""
+    if run is not None and run.state is RunState.LIVE:
+        before = run.sweep_note.partition(" sweep: ")[2]
+        if before.startswith(_BEGUN):
+            return Decision(endpoint, "deleted", f"{what}; an earlier sweep began it ({before})", run_id)
+        return Decision(endpoint, "gone", f"{what}, deleted outside ftpilot", run_id)
+    return Decision(endpoint, "gone", what, run_id)
+
+
+def _vanished(run: RunRecord, services: Services) -> Decision | None:
+    """The decision on a live run whose endpoint the listing lacked; None if it exists after all.
+
+    A listing is a moment: the endpoint may have been created since, so it is read once more.
+    """
+    endpoint = services.platform.get_endpoint(run.endpoint)
+    if endpoint is None:
+        return _gone(run.endpoint, run, "is gone")
+    if endpoint.state is ProvisioningState.DELETING:
+        return _gone(run.endpoint, run, "is being deleted")
+    return None
 
 
 def _delete_orphans(endpoint: EndpointInfo, services: Services, lease: LeaseVersion) -> tuple[str, ...]:
@@ -218,6 +260,8 @@ def _news(decision: Decision, run: RunRecord) -> bool:
     aside): otherwise a fleet of busy endpoints costs two table round trips each on every tick,
     and each write can race the rollout worker's updates. The note's time says since when.
     """
+    if decision.action == "gone":  # only a live run has anything to learn from it
+        return run.state is RunState.LIVE
     if decision.action != "kept":
         return True
     return _shape(run.sweep_note.partition(" sweep: ")[2]) != _shape(_note(decision))
@@ -232,17 +276,23 @@ def _shape(note: str) -> str:
     return re.sub(r"\d+", "#", note)
 
 
-def _record(decision: Decision, endpoint: EndpointInfo, services: Services, known: tuple[RunRecord, str]) -> None:
+def _record(decision: Decision, services: Services, known: tuple[RunRecord, str]) -> None:
     """Write the decision to its run: the note always; the notice and the deletion with their events.
 
     ``known``: the run as the sweep read it, with its ETag, so the write needs no read first
     unless the run changed since (or the decision is about another run).
     """
+    endpoint = decision.endpoint
     if not decision.run_id:
         return
     note = f"{now()} sweep: {_note(decision)}"
 
-    def change(run: RunRecord) -> RunRecord:
+    def change(run: RunRecord) -> RunRecord | None:
+        if decision.action == "gone":
+            if run.state is not RunState.LIVE:
+                return None
+            why = f"endpoint {endpoint} {decision.reason}"
+            return replace(run.moved(RunState.RETIRED, why, reason=why), sweep_note=note)
         if decision.action == "announced" and not run.idle_notice_at:
             noticed = replace(run, idle_notice_at=now(), sweep_note=note)
             idle = _idle(run, endpoint, services, deletion_due_at=decision.deletion_due_at)
@@ -265,7 +315,7 @@ def _record(decision: Decision, endpoint: EndpointInfo, services: Services, know
                 stamp = now()
                 return with_event(kept, event(kept, kind, event_id=notice_id(kept, kind, stamp), time=stamp, idle=idle))
             retired = replace(
-                run.moved(RunState.RETIRED, f"endpoint {decision.endpoint} deleted: {decision.reason}"),
+                run.moved(RunState.RETIRED, f"endpoint {endpoint} deleted: {decision.reason}"),
                 sweep_note=note,
             )
             return with_event(retired, event(retired, lifecycle.IDLE_DELETED, idle=idle))
@@ -279,7 +329,8 @@ def _record(decision: Decision, endpoint: EndpointInfo, services: Services, know
 def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
     """One tick of the idle sweep; returns every decision, for logs and the CLI."""
     dry_run = services.settings.cleanup_dry_run if dry_run is None else dry_run
-    endpoints = [e for e in services.platform.list_endpoints() if managed(e)]
+    listed = services.platform.list_endpoints()
+    endpoints = [e for e in listed if managed(e)]
     by_endpoint: dict[str, list[RunRecord]] = {}
     etags: dict[str, str] = {}
     for record, etag in services.runs.versions():
@@ -290,23 +341,45 @@ def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
     def one(endpoint: EndpointInfo) -> Decision:
         mine = by_endpoint.get(endpoint.name, [])
         run = _run_for(mine)
+        if endpoint.state is ProvisioningState.DELETING:  # what is left to do there is retire its live run
+            run = next((r for r in mine if r.state is RunState.LIVE), run)
         with append_keys(endpoint=endpoint.name, run_id=run.run_id if run else None):
             return _sweep_one(endpoint, run, mine)
 
     def _sweep_one(endpoint: EndpointInfo, run: RunRecord | None, mine: list[RunRecord]) -> Decision:
         lease = leases.get(endpoint.name, (None, ""))  # none on record: known to be absent
         try:
-            decision = _decide(endpoint, run, services, dry_run, mine)
+            if endpoint.state is ProvisioningState.DELETING:
+                decision = _gone(endpoint.name, run, "is being deleted")
+            else:
+                decision = _decide(endpoint, run, services, dry_run, mine)
             if decision.action == "would_delete" and not dry_run:
                 decision = _delete(decision, services, lease)
             elif decision.action == "kept" and not dry_run:
                 decision = replace(decision, orphans=_delete_orphans(endpoint, services, lease))
         except Exception as error:  # one endpoint's trouble must not stop the sweep
             decision = Decision(endpoint.name, "failed", f"{type(error).__name__}: {error}", run.run_id if run else "")
+        return _told(decision, run)
+
+    def _told(decision: Decision, run: RunRecord | None) -> Decision:
+        """The decision, written to its run when that is news there, and logged."""
         if not dry_run and run is not None and _news(decision, run):
-            _record(decision, endpoint, services, (run, etags[run.run_id]))
+            _record(decision, services, (run, etags[run.run_id]))
         log.info("cleanup: %s %s: %s", decision.endpoint, decision.action, decision.reason)
         return decision
 
     with ThreadPoolExecutor(max_workers=services.settings.cleanup_concurrency) as pool:
-        return list(pool.map(one, endpoints))
+        decisions = list(pool.map(one, endpoints))
+    names = {e.name for e in listed}
+    vanished = [r for name, runs in by_endpoint.items() if name not in names for r in runs if r.state is RunState.LIVE]
+    for run in vanished:  # seldom any: a live run's endpoint is listed unless it was deleted
+        with append_keys(endpoint=run.endpoint, run_id=run.run_id):
+            try:
+                decision = _vanished(run, services)
+            except Exception as error:  # its note is left as it is: the next tick reads the endpoint again
+                log.warning("cleanup: %s: cannot read it: %s: %s", run.endpoint, type(error).__name__, error)
+                decisions.append(Decision(run.endpoint, "failed", f"{type(error).__name__}: {error}", run.run_id))
+                continue
+            if decision is not None:
+                decisions.append(_told(decision, run))
+    return decisions

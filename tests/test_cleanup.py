@@ -10,8 +10,10 @@ import pytest
 from functions.cleanup import cleanup
 from shared.cleanup import sweep
 from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE
+from shared.platform.port import TransientError
 from shared.runs import RunRecord, RunState
 from shared.services import Services
+from tests.fakes.platform import WorkerKilled
 
 MANAGED = {MANAGED_TAG: MANAGED_VALUE}
 
@@ -117,6 +119,91 @@ def test_failed_delete_is_recorded_and_retried_next_tick(services: Services, fle
     second = {d.endpoint: d for d in sweep(services)}
     assert second["ft-idle"].action == "deleted"
     assert "ft-idle" not in fleet.standing()
+
+
+def _lose_the_answer(fake, how: str) -> None:
+    """The next endpoint delete takes effect, and then its caller fails (``transient``) or dies (``killed``)."""
+    if how == "killed":
+        fake.kill_after = "begin_delete_endpoint"
+        return
+    delete = fake.begin_delete_endpoint
+
+    def lost(name: str) -> None:
+        delete(name)
+        fake.begin_delete_endpoint = delete
+        raise TransientError("injected: the answer to the delete was lost")
+
+    fake.begin_delete_endpoint = lost
+
+
+@pytest.mark.parametrize("how", ["transient", "killed"])
+@pytest.mark.parametrize("gone_by_then", [False, True])
+def test_a_delete_whose_answer_was_lost_retires_the_run_next_tick(
+    services: Services, fleet, how: str, gone_by_then: bool
+) -> None:
+    _lose_the_answer(fleet, how)
+    try:
+        first = {d.endpoint: d for d in sweep(services)}
+        assert first["ft-idle"].action == "failed"
+    except WorkerKilled:
+        pass
+    assert services.runs.get("r-idle").state is RunState.LIVE  # the record never heard
+    assert "ft-idle" in fleet.deleting()
+    if gone_by_then:
+        fleet.get_endpoint("ft-idle")
+        fleet.get_endpoint("ft-idle")
+        assert "ft-idle" not in fleet.endpoints
+    deletes = fleet.calls["begin_delete_endpoint"]
+
+    second = {d.endpoint: d for d in sweep(services)}
+    assert second["ft-idle"].action == "deleted"
+    assert "an earlier sweep began it" in second["ft-idle"].reason
+    assert fleet.calls["begin_delete_endpoint"] == deletes  # not asked twice
+    idle = services.runs.get("r-idle")
+    assert idle.state is RunState.RETIRED
+    assert idle.unsent[-1]["type"] == "ftpilot.run.idle_deleted"
+    assert {d.endpoint: d.action for d in sweep(services)}.get("ft-idle", "gone") == "gone"
+    assert services.runs.get("r-idle") == idle  # nothing more to say
+
+
+@pytest.mark.parametrize("gone_by_then", [False, True])
+def test_a_live_endpoint_deleted_by_someone_else_retires_its_run(
+    services: Services, fake_platform, gone_by_then: bool
+) -> None:
+    fake_platform.add_endpoint("ft-live", tags=MANAGED, created_at=ago(48), requests=5)
+    run(services, "r-live", "ft-live", RunState.LIVE)
+    fake_platform.begin_delete_endpoint("ft-live")  # in the portal, say
+    if gone_by_then:
+        fake_platform.get_endpoint("ft-live")
+        fake_platform.get_endpoint("ft-live")
+
+    (decision,) = sweep(services)
+    assert (decision.endpoint, decision.action, decision.run_id) == ("ft-live", "gone", "r-live")
+    live = services.runs.get("r-live")
+    assert live.state is RunState.RETIRED
+    assert "deleted outside ftpilot" in live.reason
+    assert live.unsent[-1]["type"] == "ftpilot.run.retired"
+    assert fake_platform.calls["begin_delete_endpoint"] == 1
+
+
+def test_a_live_endpoint_the_listing_missed_is_read_again_and_kept(
+    services: Services, fake_platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_platform.add_endpoint("ft-new", tags=MANAGED, created_at=ago(48), requests=5)
+    run(services, "r-new", "ft-new", RunState.LIVE)
+    monkeypatch.setattr(fake_platform, "list_endpoints", lambda: [])  # listed before it was created
+    assert sweep(services) == []
+    assert services.runs.get("r-new").state is RunState.LIVE
+
+
+def test_a_dry_run_reports_a_gone_endpoint_and_records_nothing(services: Services, fake_platform) -> None:
+    fake_platform.add_endpoint("ft-live", tags=MANAGED, created_at=ago(48))
+    run(services, "r-live", "ft-live", RunState.LIVE)
+    fake_platform.begin_delete_endpoint("ft-live")
+    before = services.runs.get("r-live")
+    (decision,) = sweep(services, dry_run=True)
+    assert decision.action == "gone"
+    assert services.runs.get("r-live") == before
 
 
 def test_endpoint_without_a_run_record_is_still_swept(services: Services, fake_platform) -> None:
