@@ -39,7 +39,7 @@ from shared.lifecycle import event, notice_id, with_event
 from shared.logs import append_keys
 from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE
 from shared.platform.port import EndpointInfo, ProvisioningState
-from shared.runs import RunRecord, RunState, age_s, now, utcnow
+from shared.runs import RunRecord, RunState, RunVersion, age_s, now, utcnow
 from shared.services import Services
 
 log = logging.getLogger(__name__)
@@ -177,26 +177,34 @@ def _decide(
     return Decision(endpoint.name, "would_delete", idle, run_id)
 
 
-def _delete(would: Decision, services: Services, lease: LeaseVersion) -> Decision:
+def _delete(would: Decision, services: Services, lease: LeaseVersion) -> tuple[Decision, RunVersion | None]:
     """Delete what ``_decide`` would, under the endpoint's lease, after one more look at its runs.
 
     ``lease``: the endpoint's lease as the sweep read it at its start, to take it without a read.
+    Returns the decision and, once the run's note says the delete is begun, the run as written
+    then, so the decision's own write needs no read.
     """
     endpoint, idle, run_id = would.endpoint, would.reason, would.run_id
+    noted: RunVersion | None = None
     with services.leases.holding(endpoint, f"sweep:{uuid.uuid4().hex[:12]}", known=lease) as held:
         if not held:
-            return Decision(endpoint, "kept", "a rollout holds or waits for the endpoint", run_id)
+            return Decision(endpoint, "kept", "a rollout holds or waits for the endpoint", run_id), None
         try:
-            rolling = [r for r in services.runs.where("endpoint", endpoint) if r.state.rolling_out]
+            runs = list(services.runs.versions(endpoint=endpoint))
+            rolling = [r.run_id for r, _ in runs if r.state.rolling_out]
             if rolling:
-                return Decision(endpoint, "kept", f"run {rolling[0].run_id} started rolling out", rolling[0].run_id)
+                return Decision(endpoint, "kept", f"run {rolling[0]} started rolling out", rolling[0]), None
             if run_id:  # first the note, so a lost answer to the delete still reads as the sweep's
-                services.runs.update(run_id, lambda r: replace(r, sweep_note=f"{now()} sweep: {_DELETING}{idle}"))
+                noted = services.runs.update_version(
+                    run_id,
+                    lambda r: replace(r, sweep_note=f"{now()} sweep: {_DELETING}{idle}"),
+                    known=next((v for v in runs if v[0].run_id == run_id), None),
+                )
             services.platform.begin_delete_endpoint(endpoint)
         except Exception as error:
             reason = f"delete failed ({type(error).__name__}: {error}); retried next tick"
-            return Decision(endpoint, "failed", reason, run_id)
-    return Decision(endpoint, "deleted", idle, run_id)
+            return Decision(endpoint, "failed", reason, run_id), noted
+    return Decision(endpoint, "deleted", idle, run_id), noted
 
 
 def _gone(endpoint: str, run: RunRecord | None, what: str) -> Decision:
@@ -276,7 +284,7 @@ def _shape(note: str) -> str:
     return re.sub(r"\d+", "#", note)
 
 
-def _record(decision: Decision, services: Services, known: tuple[RunRecord, str]) -> None:
+def _record(decision: Decision, services: Services, known: RunVersion) -> None:
     """Write the decision to its run: the note always; the notice and the deletion with their events.
 
     ``known``: the run as the sweep read it, with its ETag, so the write needs no read first
@@ -348,23 +356,28 @@ def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
 
     def _sweep_one(endpoint: EndpointInfo, run: RunRecord | None, mine: list[RunRecord]) -> Decision:
         lease = leases.get(endpoint.name, (None, ""))  # none on record: known to be absent
+        known = (run, etags[run.run_id]) if run else None
         try:
             if endpoint.state is ProvisioningState.DELETING:
                 decision = _gone(endpoint.name, run, "is being deleted")
             else:
                 decision = _decide(endpoint, run, services, dry_run, mine)
             if decision.action == "would_delete" and not dry_run:
-                decision = _delete(decision, services, lease)
+                decision, noted = _delete(decision, services, lease)
+                known = noted or known
             elif decision.action == "kept" and not dry_run:
                 decision = replace(decision, orphans=_delete_orphans(endpoint, services, lease))
         except Exception as error:  # one endpoint's trouble must not stop the sweep
             decision = Decision(endpoint.name, "failed", f"{type(error).__name__}: {error}", run.run_id if run else "")
-        return _told(decision, run)
+        return _told(decision, run, known)
 
-    def _told(decision: Decision, run: RunRecord | None) -> Decision:
-        """The decision, written to its run when that is news there, and logged."""
-        if not dry_run and run is not None and _news(decision, run):
-            _record(decision, services, (run, etags[run.run_id]))
+    def _told(decision: Decision, run: RunRecord | None, known: RunVersion | None) -> Decision:
+        """The decision, written to its run when that is news there, and logged.
+
+        ``known``: the run as last read or written, with its ETag, so the write needs no read.
+        """
+        if not dry_run and run is not None and known is not None and _news(decision, run):
+            _record(decision, services, known)
         log.info("cleanup: %s %s: %s", decision.endpoint, decision.action, decision.reason)
         return decision
 
@@ -381,5 +394,5 @@ def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
                 decisions.append(Decision(run.endpoint, "failed", f"{type(error).__name__}: {error}", run.run_id))
                 continue
             if decision is not None:
-                decisions.append(_told(decision, run))
+                decisions.append(_told(decision, run, (run, etags[run.run_id])))
     return decisions

@@ -290,6 +290,10 @@ def versions_to_try(
             yield (*read(), False)
 
 
+# A run record with the ETag it was read or written with: what ``RunStore.update(..., known=)`` takes.
+RunVersion = tuple[RunRecord, str]
+
+
 class RunStore:
     """Read and change run records with optimistic concurrency.
 
@@ -342,9 +346,25 @@ class RunStore:
         run_id: str,
         change: Callable[[RunRecord], RunRecord | None],
         *,
-        known: tuple[RunRecord, str] | None = None,
+        known: RunVersion | None = None,
     ) -> RunRecord:
         """Apply ``change`` to the current record and store it if nobody changed it meanwhile.
+
+        See :meth:`update_version`, which also returns the ETag.
+        """
+        return self.update_version(run_id, change, known=known)[0]
+
+    def update_version(
+        self,
+        run_id: str,
+        change: Callable[[RunRecord], RunRecord | None],
+        *,
+        known: RunVersion | None = None,
+    ) -> RunVersion:
+        """Apply ``change`` to the current record and store it if nobody changed it meanwhile.
+
+        Returns the record as stored with its ETag, for a caller that writes it again soon
+        (``known=``) without reading it first.
 
         ``change`` returns the new record, or None to leave it alone; it may run more than
         once (after a lost race), so it must only decide from the record it is given.
@@ -365,17 +385,17 @@ class RunStore:
             if updated is None or updated == current:
                 if optimistic:
                     continue
-                return current
+                return current, etag
             try:
                 check_transition(current.state, updated.state)
             except IllegalTransition as error:
                 if optimistic:
                     continue
                 log.error("run %s: refused to write %s", run_id, error)
-                return current
+                return current, etag
             updated = self._announce(current, updated)
             try:
-                self._table.update_entity(
+                written = self._table.update_entity(
                     updated.to_entity(),
                     mode=UpdateMode.REPLACE,
                     etag=etag,
@@ -385,23 +405,22 @@ class RunStore:
                 log.info("run %s changed under us; re-reading", run_id)
                 continue
             self._announced(current, updated)
-            return updated
+            return updated, written["etag"]
         raise RuntimeError(f"run {run_id!r}: gave up after {self._attempts} concurrent updates")
 
     def all(self) -> Iterable[RunRecord]:
         return (record for record, _ in self.versions())
 
-    def versions(self) -> Iterable[tuple[RunRecord, str]]:
-        """Every record with the ETag it was read with, for an ``update(..., known=...)`` later."""
-        for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}'"):
+    def versions(self, **equal: str) -> Iterable[RunVersion]:
+        """Every record (or those whose fields equal ``equal``'s) with the ETag it was read with,
+        for an ``update(..., known=...)`` later. One query; a filtered one is not a scan."""
+        query = f"PartitionKey eq '{PARTITION}'" + "".join(f" and {field} eq @{field}" for field in equal)
+        for entity in self._table.query_entities(query, parameters=equal):
             yield RunRecord.from_entity(entity), entity.metadata["etag"]
 
     def where(self, field: str, value: str) -> list[RunRecord]:
         """The runs whose ``field`` equals ``value``, read now (one filtered query, not a scan)."""
-        entities = self._table.query_entities(
-            f"PartitionKey eq @partition and {field} eq @value", parameters={"partition": PARTITION, "value": value}
-        )
-        return [RunRecord.from_entity(entity) for entity in entities]
+        return [record for record, _ in self.versions(**{field: value})]
 
     def with_unsent(self) -> Iterable[RunRecord]:
         """Runs with unsent events (records written before lifecycle events existed have none)."""

@@ -13,6 +13,7 @@ from shared.naming import KEEP_TAG, MANAGED_TAG, MANAGED_VALUE
 from shared.platform.port import TransientError
 from shared.runs import RunRecord, RunState
 from shared.services import Services
+from tests.counting import CountingTable
 from tests.fakes.platform import WorkerKilled
 
 MANAGED = {MANAGED_TAG: MANAGED_VALUE}
@@ -204,6 +205,20 @@ def test_a_dry_run_reports_a_gone_endpoint_and_records_nothing(services: Service
     (decision,) = sweep(services, dry_run=True)
     assert decision.action == "gone"
     assert services.runs.get("r-live") == before
+
+
+def test_deleting_an_idle_endpoint_writes_from_what_it_read(services: Services, fake_platform) -> None:
+    """The lease taken and let go, the run's note, then its retirement: four writes and no point read."""
+    fake_platform.add_endpoint("ft-idle", tags=MANAGED, created_at=ago(48))
+    run(services, "r-idle", "ft-idle", RunState.LIVE)
+    table = CountingTable(services.storage.table)
+    services.storage.__dict__["table"] = table  # the cached client, counted
+    counted = Services(services.settings, services.storage, fake_platform)
+
+    (decision,) = sweep(counted)
+    assert decision.action == "deleted"
+    assert (table.reads, table.writes) == (0, 4)
+    assert counted.runs.get("r-idle").state is RunState.RETIRED
 
 
 def test_endpoint_without_a_run_record_is_still_swept(services: Services, fake_platform) -> None:

@@ -112,3 +112,18 @@ def test_nothing_to_do_on_a_known_version_is_checked_on_a_fresh_read(storage) ->
 
     assert store.update("r8", note_duplicates, known=stale).sweep_note == "has duplicates"
     assert store.get("r8").sweep_note == "has duplicates"
+
+
+def test_an_update_returns_the_version_it_wrote_for_the_next_write(storage) -> None:
+    table = CountingTable(storage.table)
+    store = RunStore(table)
+    store.claim(RunRecord(run_id="r9", dataset="d", sha256="s", endpoint="ft-a"))
+    store.claim(RunRecord(run_id="r10", dataset="d", sha256="s", endpoint="ft-b"))
+    (known,) = store.versions(endpoint="ft-a")  # one filtered query
+    assert known[0].run_id == "r9"
+    writes = table.writes
+
+    first = store.update_version("r9", lambda r: replace(r, sweep_note="deleting"), known=known)
+    second = store.update_version("r9", lambda r: replace(r, sweep_note="deleted"), known=first)
+    assert (table.reads, table.writes - writes) == (0, 2)  # the second wrote from the first's ETag
+    assert store.get("r9") == second[0] and second[0].sweep_note == "deleted"
