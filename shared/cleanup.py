@@ -376,9 +376,12 @@ def sweep(services: Services, dry_run: bool | None = None) -> list[Decision]:
 
         ``known``: the run as last read or written, with its ETag, so the write needs no read.
         """
-        if not dry_run and run is not None and known is not None and _news(decision, run):
-            _record(decision, services, known)
         log.info("cleanup: %s %s: %s", decision.endpoint, decision.action, decision.reason)
+        if not dry_run and run is not None and known is not None and _news(decision, run):
+            try:
+                _record(decision, services, known)
+            except Exception as error:  # one run's trouble must not stop the sweep; the next tick decides again
+                log.warning("cleanup: run %s did not hear of it: %s: %s", run.run_id, type(error).__name__, error)
         return decision
 
     with ThreadPoolExecutor(max_workers=services.settings.cleanup_concurrency) as pool:

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from azure.core.exceptions import ServiceRequestError
 
 from functions.cleanup import cleanup
 from shared.cleanup import sweep
@@ -219,6 +220,35 @@ def test_deleting_an_idle_endpoint_writes_from_what_it_read(services: Services, 
     assert decision.action == "deleted"
     assert (table.reads, table.writes) == (0, 4)
     assert counted.runs.get("r-idle").state is RunState.RETIRED
+
+
+class _DecisionWriteFails(CountingTable):
+    """The real table, refusing the write that retires ``run_id`` (the storage account had a moment)."""
+
+    def __init__(self, table, run_id: str) -> None:
+        super().__init__(table)
+        self.run_id = run_id
+
+    def update_entity(self, entity, *args, **kwargs):
+        if entity["RowKey"] == self.run_id and entity["state"] == RunState.RETIRED:
+            self.run_id = ""  # once
+            raise ServiceRequestError("injected: the table cannot be reached")
+        return self._table.update_entity(entity, *args, **kwargs)
+
+
+def test_a_decision_a_run_did_not_hear_of_stops_nothing_and_is_heard_next_tick(services: Services, fleet) -> None:
+    fleet.add_endpoint("ft-idle-2", tags=MANAGED, created_at=ago(48))
+    run(services, "r-idle-2", "ft-idle-2", RunState.LIVE)
+    services.storage.__dict__["table"] = _DecisionWriteFails(services.storage.table, "r-idle")
+    flaky = Services(services.settings, services.storage, fleet)
+
+    first = {d.endpoint: d.action for d in sweep(flaky)}
+    assert first["ft-idle"] == first["ft-idle-2"] == "deleted"
+    assert (flaky.runs.get("r-idle").state, flaky.runs.get("r-idle-2").state) == (RunState.LIVE, RunState.RETIRED)
+
+    second = {d.endpoint: d for d in sweep(flaky)}
+    assert second["ft-idle"].action == "deleted" and "an earlier sweep began it" in second["ft-idle"].reason
+    assert flaky.runs.get("r-idle").state is RunState.RETIRED
 
 
 def test_endpoint_without_a_run_record_is_still_swept(services: Services, fake_platform) -> None:
