@@ -2,9 +2,9 @@
 
 See ``tests/faults.py`` for what goes wrong. Each seed uploads several versions of three
 datasets (so rollouts contend for endpoints), duplicates and repeats uploads, lets jobs
-finish or fail, loses, duplicates and reorders their events, runs the idle sweep and the
-reconciler in between, and restarts Azurite once. Then faults stop, and the world runs
-until nothing is left to do. What must hold:
+finish or fail, loses, duplicates and reorders their events, has clients call the endpoints
+now and then, runs the idle sweep and the reconciler in between, and restarts Azurite once.
+Then faults stop, and the world runs until nothing is left to do. What must hold:
 
 - one job per content, one model version per job;
 - at most one live run and one traffic-taking deployment per endpoint;
@@ -12,7 +12,14 @@ until nothing is left to do. What must hold:
 - every run is terminal or live; every queue is empty;
 - no endpoint or deployment is left without the live run that owns it;
 - no history holds an illegal transition, and no illegal write was even attempted;
-- nothing a user reads (reasons, errors, status) holds a traceback.
+- nothing a user reads (reasons, errors, status) holds a traceback;
+- every endpoint the sweep deleted retired its live run as an idle deletion, however the
+  delete's answer was lost.
+
+Then the faults come back while the endpoints go idle (clients call them for a while, then
+stop), so that the sweep announces and deletes under them; then they stop again. Every
+endpoint must go, every live run retire with its event sent, no lease stay held, and all of
+the above still hold.
 
 ``FTPILOT_FAULT_SEEDS`` (e.g. ``1-200``) runs more seeds than the default set.
 """
@@ -26,6 +33,7 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from azure.functions.timer import TimerRequest
@@ -54,6 +62,9 @@ DATASETS = ("incoming/alpha.jsonl", "incoming/beta.jsonl", "incoming/gamma.jsonl
 FAULT_ROUNDS = 45
 SETTLE_ROUNDS = 80
 RESTART_ROUND = 20
+IDLE_WINDOW_S = 480  # 8 rounds: announced after 6 without a call, deleted 2 later
+IDLE_FAULT_ROUNDS = 30  # clients call during the first quarter
+QUIET_ROUNDS = 40
 
 
 def _seeds() -> list[int]:
@@ -97,7 +108,7 @@ class Scenario:
             retry_cap_s=300,
             deploy_timeout_s=7200,
             cleanup_grace_s=0,
-            idle_window_s=3600,
+            idle_window_s=IDLE_WINDOW_S,
             reconcile_training_s=600,
             reconcile_rollout_s=300,
             reconcile_intake_s=600,
@@ -117,6 +128,8 @@ class Scenario:
         self.blobs: list[Delivery] = []
         self.events: list[Delivery] = []
         self.event_ids = 0
+        self.deleted_under_faults: set[str] = set()
+        self.calling = True  # clients call endpoints now and then
         self.uploads = self._plan()
 
     def _plan(self) -> dict[int, list[tuple[str, bytes]]]:
@@ -144,12 +157,15 @@ class Scenario:
         )
         self._move_jobs()
         self.events = world.deliver_all(self.events, lambda event: run_events(delivered(event)), max_attempts=4)
+        self._call_endpoints()
         storage = self.services.storage
         world.deliver_queue(storage.queue, rollout, storage.poison_queue)
         world.deliver_queue(storage.poison_queue, rollout_poison, None)
         world.deliver_queue(storage.events_queue, lifecycle_events, None)
         if world.clock % 3 == 0:
             world.run(lambda: cleanup(TimerRequest(past_due=False)), "cleanup")
+            if self.faults.on:
+                self.deleted_under_faults |= self.fake.deleting()
         if world.clock % 2 == 0:
             world.run(lambda: reconcile(TimerRequest(past_due=False)), "reconcile")
 
@@ -164,6 +180,15 @@ class Scenario:
                 status = JobStatus.FAILED if failed else JobStatus.COMPLETED
                 self.fake.set_job(job.name, status, "OOM" if failed else None)
                 self._emit(job.name, "Failed" if failed else "Completed")
+
+    def _call_endpoints(self) -> None:
+        """Clients call each endpoint now and then: most stay busy, some are announced, some deleted."""
+        if not self.calling:
+            return
+        for name in sorted(self.fake.standing()):
+            if self.rng.random() < 0.3:
+                self.fake.endpoints[name].request_times.append(self.world.time())
+                self.world.outcomes["client calls"] += 1
 
     def _emit(self, job: str, status: str) -> None:
         if self.faults.on and self.rng.random() < 0.25:
@@ -183,9 +208,7 @@ class Scenario:
         return all(r.state.settled and not r.unsent for r in self.services.runs.all())
 
     def play(self) -> None:
-        use_services(self.services)
-        use_clock(self.world.time)
-        try:
+        with self.using():
             for _ in range(FAULT_ROUNDS):
                 if self.world.clock == RESTART_ROUND:
                     restart(self.server)
@@ -195,6 +218,30 @@ class Scenario:
                 self.round()
                 if self.settled():
                     break
+
+    def go_idle(self) -> None:
+        """Faults while the endpoints go idle, then quiet until every endpoint is gone and every lease free.
+
+        A sweep killed while it held a lease leaves it to the reconciler, which frees it after
+        ``SWEEP_LEASE_S``: ten rounds of the world.
+        """
+        with self.using():
+            self.faults.on = True
+            for index in range(IDLE_FAULT_ROUNDS):
+                self.calling = index < IDLE_FAULT_ROUNDS // 4
+                self.round()
+            self.faults.on = self.calling = False
+            for _ in range(QUIET_ROUNDS):
+                self.round()
+                if not self.fake.endpoints and self.settled() and not self.services.leases.taken():
+                    break
+
+    @contextmanager
+    def using(self) -> Iterator[None]:
+        use_services(self.services)
+        use_clock(self.world.time)
+        try:
+            yield
         finally:
             use_clock(None)
             use_services(None)
@@ -220,7 +267,9 @@ def check(scenario: Scenario) -> Counter[str]:
     assert all(n == 1 for n in per_job.values()), f"one model version per job: {per_job}"
     assert len({m.tags[RUN_TAG] for m in fake.models.values()}) == len(fake.models)
 
-    for name, endpoint in fake.endpoints.items():
+    standing = fake.standing()
+    for name in standing:
+        endpoint = fake.endpoints[name]
         live = [r for r in runs if r.endpoint == name and r.state is RunState.LIVE]
         assert len(live) == 1, f"endpoint {name} has {len(live)} live runs and still exists"
         assert set(endpoint.deployments) == {live[0].deployment}, f"{name}: deployments without a live run"
@@ -231,7 +280,7 @@ def check(scenario: Scenario) -> Counter[str]:
         live = [r for r in mine if r.state is RunState.LIVE]
         assert len(live) <= 1
         if live:
-            assert live[0].endpoint in fake.endpoints, "a live run whose endpoint is gone"
+            assert live[0].endpoint in standing, "a live run whose endpoint is gone or going"
             succeeded = [r for r in mine if r.state in (RunState.LIVE, RunState.RETIRED, RunState.SUPERSEDED)]
             newer = [r.run_id for r in succeeded if order(r) > order(live[0]) and r.state is not RunState.SUPERSEDED]
             assert not newer, f"{name}: newer successful runs {newer} than the live {live[0].run_id}"
@@ -249,6 +298,8 @@ def check(scenario: Scenario) -> Counter[str]:
             assert fake.jobs[record.job_name].status is JobStatus.FAILED, f"{record.run_id}: {record.reason}"
         if record.state is RunState.ROLLED_BACK:
             assert "smoke test failed" in record.reason, f"{record.run_id}: {record.reason}"
+        # Nobody but the sweep deletes endpoints here: a lost answer must not read as someone else's delete.
+        assert "deleted outside ftpilot" not in record.reason, f"{record.run_id}: {record.reason}"
         assert record.state is not RunState.SUBMIT_FAILED, f"{record.run_id}: {record.reason}"
     for row in rows(runs):
         assert "Traceback" not in row.reason
@@ -289,6 +340,13 @@ def test_runs_converge_under_compound_faults(seed: int, own_azurite, tmp_path, c
         for r in scenario.services.runs.all():
             print(r.run_id[:8], r.dataset, r.state, "|", r.reason[:200], "|", [h["state"] for h in r.history])
     counts = check(scenario)
+    scenario.go_idle()
+    check(scenario)
+    assert not scenario.fake.endpoints, f"still billing after a quiet idle window: {sorted(scenario.fake.endpoints)}"
+    assert not [r.run_id for r in scenario.services.runs.all() if r.state is RunState.LIVE]
+    assert not scenario.services.leases.taken(), "a lease is still held"
+    idle_deleted = Counter(e["type"] for e in read_log(scenario.settings.data_dir)[0])["ftpilot.run.idle_deleted"]
+    counts["idle deletions"] = idle_deleted
     refused = [r.getMessage() for r in caplog.records if "refused to write" in r.getMessage()]
     assert not refused, f"illegal transitions were attempted: {refused}"
     injected = sum(v for k, v in counts.items() if k.split(" ")[0] in ("before", "after", "kill"))
@@ -303,5 +361,7 @@ def test_runs_converge_under_compound_faults(seed: int, own_azurite, tmp_path, c
             f"\nseed {seed}: rounds {scenario.world.clock}; runs: {states}; faults injected: "
             f"{dict(kinds)}; events lost {counts['event lost']}; to poison "
             f"{sum(v for k, v in counts.items() if k.endswith('to poison'))}; lifecycle events "
-            f"{counts['events sent']} ({counts['events sent again']} sent again)"
+            f"{counts['events sent']} ({counts['events sent again']} sent again); idle deletions "
+            f"{counts['idle deletions']} (of them under faults {len(scenario.deleted_under_faults)}); "
+            f"client calls {counts['client calls']}"
         )
