@@ -322,10 +322,8 @@ def _record(decision: Decision, services: Services, known: RunVersion) -> None:
                 kind = lifecycle.IDLE_DELETED
                 stamp = now()
                 return with_event(kept, event(kept, kind, event_id=notice_id(kept, kind, stamp), time=stamp, idle=idle))
-            retired = replace(
-                run.moved(RunState.RETIRED, f"endpoint {endpoint} deleted: {decision.reason}"),
-                sweep_note=note,
-            )
+            why = f"endpoint {endpoint} deleted: {decision.reason}"
+            retired = replace(run.moved(RunState.RETIRED, why, reason=why), sweep_note=note)
             return with_event(retired, event(retired, lifecycle.IDLE_DELETED, idle=idle))
         if decision.action == "kept" and run.idle_notice_at and decision.reason.startswith("served"):
             return replace(run, idle_notice_at="", sweep_note=f"{note}; the announced deletion is withdrawn")

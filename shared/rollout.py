@@ -680,13 +680,12 @@ def _promote(record: RunRecord, services: Services) -> None:
 
 def _retire_previous_runs(record: RunRecord, services: Services, sharing: list[RunRecord]) -> None:
     """Retire the live runs among ``sharing`` (the runs on this endpoint), other than ``record``."""
+    why = f"replaced by run {record.run_id}"
     for other in sharing:
         if other.run_id != record.run_id and other.state is RunState.LIVE:
             services.runs.update(
                 other.run_id,
-                lambda r: (
-                    r.moved(RunState.RETIRED, f"replaced by run {record.run_id}") if r.state is RunState.LIVE else None
-                ),
+                lambda r: r.moved(RunState.RETIRED, why, reason=why) if r.state is RunState.LIVE else None,
             )
 
 

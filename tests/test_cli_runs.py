@@ -73,6 +73,9 @@ def test_cleanup_without_dry_run_is_one_real_tick(env: Services, fake_platform, 
     assert json.loads(capsys.readouterr().out)[0]["action"] == "deleted"
     assert "ft-idle" in fake_platform.deleting()
     assert env.runs.get("r-idle").state is RunState.RETIRED
+    assert cli.main(["status", "--json"]) == cli.EXIT_OK
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["state"] == "retired" and row["reason"].startswith("endpoint ft-idle deleted: no requests in the last")
 
 
 def test_bad_settings_exit_2_naming_the_setting(env: Services, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

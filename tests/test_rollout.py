@@ -151,6 +151,7 @@ def test_second_run_replaces_the_first_deployment(services: Services, fake_platf
     old = services.runs.get(first.run_id)
     assert new.state is RunState.LIVE and new.endpoint == old.endpoint
     assert old.state is RunState.RETIRED
+    assert old.reason == f"replaced by run {new.run_id}"  # what status shows for it
     assert fake_platform.live_deployments() == [(new.endpoint, new.deployment)]
     assert fake_platform.endpoints[new.endpoint].info.traffic == {new.deployment: 100}
 
