@@ -58,7 +58,7 @@ class Decision:
 # A run's sweep note once the sweep has begun deleting its endpoint: the note written right
 # before the delete, and the one a failed delete leaves (it may have taken effect all the same).
 _DELETING = "deleting: "
-_BEGUN = (_DELETING, "failed: delete failed")
+_DELETE_FAILED = "failed: delete failed"
 
 
 def managed(endpoint: EndpointInfo) -> bool:
@@ -216,8 +216,12 @@ def _gone(endpoint: str, run: RunRecord | None, what: str) -> Decision:
     run_id = run.run_id if run else ""
     if run is not None and run.state is RunState.LIVE:
         before = run.sweep_note.partition(" sweep: ")[2]
-        if before.startswith(_BEGUN):
-            return Decision(endpoint, "deleted", f"{what}; an earlier sweep began it ({before})", run_id)
+        if before.startswith(_DELETING):
+            idle = before.removeprefix(_DELETING)
+            return Decision(endpoint, "deleted", f"{idle} (the sweep that began it lost the answer)", run_id)
+        if before.startswith(_DELETE_FAILED):
+            reported = before.removeprefix("failed: ")
+            return Decision(endpoint, "deleted", f"an earlier sweep's delete took effect ({reported})", run_id)
         return Decision(endpoint, "gone", f"{what}, deleted outside ftpilot", run_id)
     return Decision(endpoint, "gone", what, run_id)
 
