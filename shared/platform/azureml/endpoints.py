@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, HttpResponseError
 
-from shared.platform.azureml.service import MANAGED_BY, get_or_none, text_of
+from shared.platform.azureml.service import MANAGED_BY, get_or_none, is_conflict, text_of
 from shared.platform.port import (
     ConflictError,
     DeploymentInfo,
@@ -104,13 +104,18 @@ def begin_set_traffic(ml_client: MLClient, endpoint_name: str, traffic: Mapping[
 def begin_delete_endpoint(ml_client: MLClient, name: str) -> None:
     """Start deleting the endpoint and its deployments; nothing to do if it is gone or already going.
 
-    Looks first: a caller asks again when it lost the answer to its first delete, and a second
-    DELETE while the first runs would be refused as an operation in progress (409).
+    A caller asks again when it lost the answer to its first delete, and a second DELETE while
+    the first runs is refused as an operation in progress (409): only then is the endpoint read,
+    so the usual delete costs no read of the throttled ARM budget.
     """
-    endpoint = get_or_none(ml_client.online_endpoints.get, name)
-    if endpoint is None or provisioning_state(endpoint.provisioning_state) is ProvisioningState.DELETING:
-        return
-    get_or_none(ml_client.online_endpoints.begin_delete, name=name)
+    try:
+        get_or_none(ml_client.online_endpoints.begin_delete, name=name)
+    except HttpResponseError as error:
+        if not is_conflict(error):
+            raise
+        endpoint = get_or_none(ml_client.online_endpoints.get, name)
+        if endpoint is not None and provisioning_state(endpoint.provisioning_state) is not ProvisioningState.DELETING:
+            raise
 
 
 def endpoint_info(endpoint: OnlineEndpoint) -> EndpointInfo:
