@@ -248,7 +248,9 @@ def _delete_orphans(endpoint: EndpointInfo, services: Services, lease: LeaseVers
     candidates = [
         d.name
         for d in services.platform.list_deployments(endpoint.name)
-        if not endpoint.traffic.get(d.name) and _age_s(d.created_at) >= services.settings.cleanup_grace_s
+        if not endpoint.traffic.get(d.name)
+        and d.state is not ProvisioningState.DELETING  # asked already
+        and _age_s(d.created_at) >= services.settings.cleanup_grace_s
     ]
     if not candidates:
         return ()

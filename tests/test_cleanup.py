@@ -288,4 +288,8 @@ def test_orphan_deployments_on_a_kept_endpoint_are_deleted_and_nothing_else(serv
     (decision,) = sweep(services)
 
     assert decision.action == "kept" and decision.orphans == ("d-orphan",)
-    assert set(endpoint.deployments) == {"d-live", "d-rolling", "d-fresh"}  # the fresh one is inside the grace
+    states = {name: d.state for name, d in endpoint.deployments.items()}
+    assert states.pop("d-orphan") is ProvisioningState.DELETING
+    assert set(states) == {"d-live", "d-rolling", "d-fresh"}  # the fresh one is inside the grace
+    (again,) = sweep(services)
+    assert again.orphans == ()  # asked once: it is being deleted

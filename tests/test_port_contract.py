@@ -281,6 +281,21 @@ def test_traffic_rules(with_models: Harness) -> None:
     assert endpoint is not None and dict(endpoint.traffic) == {"green": 100}
 
 
+def test_a_deployment_being_deleted_is_deleted_once(with_models: Harness) -> None:
+    """As an endpoint: it lists as deleting until it is gone, and deleting it again meanwhile is a no-op."""
+    platform = with_models.platform
+    model_id = with_models.model_id()
+    with_models.endpoint()
+    promptly(lambda: platform.begin_create_deployment(DeploymentRequest(ENDPOINT, "blue", model_id, SIZE)))
+    with_models.settle()
+    promptly(lambda: platform.begin_delete_deployment(ENDPOINT, "blue"))
+    assert [(d.name, d.state) for d in platform.list_deployments(ENDPOINT)] == [("blue", ProvisioningState.DELETING)]
+    promptly(lambda: platform.begin_delete_deployment(ENDPOINT, "blue"))
+    with_models.settle()
+    assert platform.get_deployment(ENDPOINT, "blue") is None
+    assert platform.list_deployments(ENDPOINT) == []
+
+
 def test_tagging_a_model_adds_to_its_tags_and_a_missing_one_is_not_found(with_models: Harness) -> None:
     platform = with_models.platform
     with_models.completed_job("ftpilot-job-1")

@@ -295,7 +295,9 @@ class MLPlatform(Protocol):
         ...
 
     def begin_delete_deployment(self, endpoint_name: str, name: str) -> None:
-        """Start deleting the deployment; a no-op when it is gone.
+        """Start deleting the deployment; a no-op when it is gone or being deleted.
+
+        Until it is gone, the deployment is listed and read as ``DELETING``.
 
         ConflictError while it still takes traffic: move the traffic first.
         """

@@ -4,10 +4,10 @@ Azure ML cannot exist here, so intake, rollout and cleanup tests run against thi
 the port. It keeps state like the service does: job names are unique, endpoints and
 deployments are long-running operations that stay ``creating`` for a few reads before they
 succeed (or fail, when a test says so), creating an existing name is a conflict, traffic
-must name existing deployments, deletes are idempotent. A deleted endpoint stays ``deleting``
-for a few reads (listings included) before it is gone, and meanwhile refuses what the
-workspace emulator refuses of one: a create, a deployment, traffic, requests. It stands in for the service only:
-the domain logic under test is all real.
+must name existing deployments, deletes are idempotent. A deleted endpoint or deployment stays
+``deleting`` for a few reads (listings included) before it is gone, and an endpoint meanwhile
+refuses what the workspace emulator refuses of one: a create, a deployment, traffic, requests.
+It stands in for the service only: the domain logic under test is all real.
 """
 
 from __future__ import annotations
@@ -280,21 +280,36 @@ class FakePlatform:
     def get_deployment(self, endpoint_name: str, name: str) -> DeploymentInfo | None:
         with self._lock:
             endpoint = self.endpoints.get(endpoint_name)
-            if endpoint is None or name not in endpoint.deployments:
-                return None
-            if endpoint.pending_deployments.get(name, 0) > 0 and not self.stuck_deployments:
-                endpoint.pending_deployments[name] -= 1
-                if endpoint.pending_deployments[name] == 0:
-                    final = ProvisioningState.FAILED if self.fail_deployments else ProvisioningState.SUCCEEDED
-                    error = "OutOfQuota: not enough quota for Standard_NC6s_v3" if self.fail_deployments else None
-                    endpoint.deployments[name] = replace(endpoint.deployments[name], state=final, error=error)
-            info = endpoint.deployments[name]
+            info = None if endpoint is None else self._observe_deployment(endpoint, name)
         self._called("get_deployment")
         return info
 
+    def _observe_deployment(self, endpoint: _Endpoint, name: str) -> DeploymentInfo | None:
+        """A read of the deployment, which moves its operation on: created, or deleted, after a few reads."""
+        if name not in endpoint.deployments:
+            return None
+        deployment = endpoint.deployments[name]
+        if deployment.state is ProvisioningState.DELETING:
+            endpoint.pending_deployments[name] -= 1
+            if endpoint.pending_deployments[name] <= 0:
+                del endpoint.deployments[name]
+                del endpoint.pending_deployments[name]
+                return None
+        elif endpoint.pending_deployments.get(name, 0) > 0 and not self.stuck_deployments:
+            endpoint.pending_deployments[name] -= 1
+            if endpoint.pending_deployments[name] == 0:
+                final = ProvisioningState.FAILED if self.fail_deployments else ProvisioningState.SUCCEEDED
+                error = "OutOfQuota: not enough quota for Standard_NC6s_v3" if self.fail_deployments else None
+                endpoint.deployments[name] = replace(deployment, state=final, error=error)
+        return endpoint.deployments[name]
+
     def list_deployments(self, endpoint_name: str) -> list[DeploymentInfo]:
-        endpoint = self.endpoints.get(endpoint_name)
-        return list(endpoint.deployments.values()) if endpoint else []
+        with self._lock:
+            endpoint = self.endpoints.get(endpoint_name)
+            if endpoint is None:
+                return []
+            listed = [self._observe_deployment(endpoint, name) for name in list(endpoint.deployments)]
+        return [info for info in listed if info is not None]
 
     def begin_delete_deployment(self, endpoint_name: str, name: str) -> None:
         with self._lock:
@@ -302,7 +317,10 @@ class FakePlatform:
             if endpoint is not None:
                 if endpoint.info.traffic.get(name):
                     raise ConflictError(f"deployment {name} still takes traffic")
-                endpoint.deployments.pop(name, None)
+                deployment = endpoint.deployments.get(name)
+                if deployment is not None and deployment.state is not ProvisioningState.DELETING:
+                    endpoint.deployments[name] = replace(deployment, state=ProvisioningState.DELETING)
+                    endpoint.pending_deployments[name] = READS_TO_PROVISION
                 endpoint.info = replace(
                     endpoint.info, traffic={k: v for k, v in endpoint.info.traffic.items() if k != name}
                 )

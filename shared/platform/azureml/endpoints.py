@@ -114,7 +114,8 @@ def begin_delete_endpoint(ml_client: MLClient, name: str) -> None:
         if not is_conflict(error):
             raise
         endpoint = get_or_none(ml_client.online_endpoints.get, name)
-        if endpoint is not None and provisioning_state(endpoint.provisioning_state) is not ProvisioningState.DELETING:
+        state = None if endpoint is None else provisioning_state(endpoint.provisioning_state)
+        if state not in (None, ProvisioningState.DELETING):
             raise
 
 
@@ -173,10 +174,12 @@ def begin_create_deployment(ml_client: MLClient, request: DeploymentRequest) -> 
 
 
 def begin_delete_deployment(ml_client: MLClient, endpoint_name: str, name: str) -> None:
-    """Start deleting the deployment; nothing to do if it (or its endpoint) is gone.
+    """Start deleting the deployment; nothing to do if it (or its endpoint) is gone or already going.
 
     A deployment that still takes traffic is refused here, with the port's ConflictError, rather
-    than by the service's 400 (a user error, whose wording no recording shows).
+    than by the service's 400 (a user error, whose wording no recording shows). A second DELETE
+    while the first runs is refused as an operation in progress (409): only then is the
+    deployment read, as for an endpoint.
     """
     endpoint = get_or_none(ml_client.online_endpoints.get, endpoint_name)
     if endpoint is None:
@@ -185,7 +188,15 @@ def begin_delete_deployment(ml_client: MLClient, endpoint_name: str, name: str) 
         raise ConflictError(
             f"deployment {endpoint_name}/{name} still takes {endpoint.traffic[name]}% of the traffic; move it first"
         )
-    get_or_none(ml_client.online_deployments.begin_delete, name=name, endpoint_name=endpoint_name)
+    try:
+        get_or_none(ml_client.online_deployments.begin_delete, name=name, endpoint_name=endpoint_name)
+    except HttpResponseError as error:
+        if not is_conflict(error):
+            raise
+        deployment = get_or_none(ml_client.online_deployments.get, name=name, endpoint_name=endpoint_name)
+        state = None if deployment is None else provisioning_state(deployment.provisioning_state)
+        if state not in (None, ProvisioningState.DELETING):
+            raise
 
 
 def deployment_info(ml_client: MLClient, deployment: OnlineDeployment) -> DeploymentInfo:
