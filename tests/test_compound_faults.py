@@ -233,8 +233,14 @@ class Scenario:
             self.faults.on = self.calling = False
             for _ in range(QUIET_ROUNDS):
                 self.round()
-                if not self.fake.endpoints and self.settled() and not self.services.leases.taken():
+                if self._all_gone():
                     break
+
+    def _all_gone(self) -> bool:
+        """No endpoint, no live run (the sweep's next tick retires one whose endpoint went), no lease held."""
+        if self.fake.endpoints or not self.settled() or self.services.leases.taken():
+            return False
+        return not any(r.state is RunState.LIVE for r in self.services.runs.all())
 
     @contextmanager
     def using(self) -> Iterator[None]:
