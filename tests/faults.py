@@ -17,7 +17,8 @@ from one seeded generator:
 
 The world keeps its own clock (a minute per round), which every deadline and cadence in the
 code under test reads; faults are drawn in call order, and the world delivers one thing at a
-time in an order drawn from its generator. So a seed replays the same run exactly.
+time in an order drawn from its generator. So a seed replays the same run exactly under one
+``PYTHONHASHSEED`` (the order of set iteration differs between hash seeds).
 """
 
 from __future__ import annotations
