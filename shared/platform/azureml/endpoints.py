@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import AzureError, HttpResponseError
 
@@ -104,19 +104,11 @@ def begin_set_traffic(ml_client: MLClient, endpoint_name: str, traffic: Mapping[
 def begin_delete_endpoint(ml_client: MLClient, name: str) -> None:
     """Start deleting the endpoint and its deployments; nothing to do if it is gone or already going.
 
-    A caller asks again when it lost the answer to its first delete, and a second DELETE while
-    the first runs is refused as an operation in progress (409): only then is the endpoint read,
-    so the usual delete costs no read of the throttled ARM budget.
+    A caller asks again when it lost the answer to its first delete (see ``_delete_once``).
     """
-    try:
-        get_or_none(ml_client.online_endpoints.begin_delete, name=name)
-    except HttpResponseError as error:
-        if not is_conflict(error):
-            raise
-        endpoint = get_or_none(ml_client.online_endpoints.get, name)
-        state = None if endpoint is None else provisioning_state(endpoint.provisioning_state)
-        if state not in (None, ProvisioningState.DELETING):
-            raise
+    _delete_once(
+        lambda: ml_client.online_endpoints.begin_delete(name=name), lambda: ml_client.online_endpoints.get(name)
+    )
 
 
 def endpoint_info(endpoint: OnlineEndpoint) -> EndpointInfo:
@@ -177,9 +169,7 @@ def begin_delete_deployment(ml_client: MLClient, endpoint_name: str, name: str) 
     """Start deleting the deployment; nothing to do if it (or its endpoint) is gone or already going.
 
     A deployment that still takes traffic is refused here, with the port's ConflictError, rather
-    than by the service's 400 (a user error, whose wording no recording shows). A second DELETE
-    while the first runs is refused as an operation in progress (409): only then is the
-    deployment read, as for an endpoint.
+    than by the service's 400 (a user error, whose wording no recording shows).
     """
     endpoint = get_or_none(ml_client.online_endpoints.get, endpoint_name)
     if endpoint is None:
@@ -188,15 +178,10 @@ def begin_delete_deployment(ml_client: MLClient, endpoint_name: str, name: str) 
         raise ConflictError(
             f"deployment {endpoint_name}/{name} still takes {endpoint.traffic[name]}% of the traffic; move it first"
         )
-    try:
-        get_or_none(ml_client.online_deployments.begin_delete, name=name, endpoint_name=endpoint_name)
-    except HttpResponseError as error:
-        if not is_conflict(error):
-            raise
-        deployment = get_or_none(ml_client.online_deployments.get, name=name, endpoint_name=endpoint_name)
-        state = None if deployment is None else provisioning_state(deployment.provisioning_state)
-        if state not in (None, ProvisioningState.DELETING):
-            raise
+    _delete_once(
+        lambda: ml_client.online_deployments.begin_delete(name=name, endpoint_name=endpoint_name),
+        lambda: ml_client.online_deployments.get(name=name, endpoint_name=endpoint_name),
+    )
 
 
 def deployment_info(ml_client: MLClient, deployment: OnlineDeployment) -> DeploymentInfo:
@@ -228,6 +213,22 @@ def _require_endpoint(ml_client: MLClient, name: str) -> OnlineEndpoint:
     if endpoint is None:
         raise NotFoundError(f"endpoint {name} does not exist")
     return endpoint
+
+
+def _delete_once(begin_delete: Callable[[], object], get: Callable[[], Any]) -> None:
+    """Start a delete; nothing to do if the resource is gone or already being deleted.
+
+    A second DELETE while the first runs is refused as an operation in progress (409): only
+    then is the resource read, so the usual delete costs no read of the throttled ARM budget.
+    """
+    try:
+        get_or_none(begin_delete)
+    except HttpResponseError as error:
+        if not is_conflict(error):
+            raise
+        current = get_or_none(get)
+        if current is not None and provisioning_state(current.provisioning_state) is not ProvisioningState.DELETING:
+            raise
 
 
 def _leave_alone(state: str | None, what: str) -> bool:
