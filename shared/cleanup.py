@@ -55,10 +55,9 @@ class Decision:
     deletion_due_at: str = ""  # announced: when the endpoint is deleted unless someone calls it
 
 
-# A run's sweep note once the sweep has begun deleting its endpoint: the note written right
-# before the delete, and the one a failed delete leaves (it may have taken effect all the same).
-_DELETING = "deleting: "
-_DELETE_FAILED = "failed: delete failed"
+# The reason a failed delete gives: it may have taken effect all the same. With the note written
+# right before the delete (action "deleting"), it shows that the sweep had begun a deletion.
+_DELETE_FAILED = "delete failed"
 
 
 def managed(endpoint: EndpointInfo) -> bool:
@@ -197,12 +196,12 @@ def _delete(would: Decision, services: Services, lease: LeaseVersion) -> tuple[D
             if run_id:  # first the note, so a lost answer to the delete still reads as the sweep's
                 noted = services.runs.update_version(
                     run_id,
-                    lambda r: replace(r, sweep_note=f"{now()} sweep: {_DELETING}{idle}"),
+                    lambda r: replace(r, sweep_note=_note("deleting", idle)),
                     known=next((v for v in runs if v[0].run_id == run_id), None),
                 )
             services.platform.begin_delete_endpoint(endpoint)
         except Exception as error:
-            reason = f"delete failed ({type(error).__name__}: {error}); retried next tick"
+            reason = f"{_DELETE_FAILED} ({type(error).__name__}: {error}); retried next tick"
             return Decision(endpoint, "failed", reason, run_id), noted
     return Decision(endpoint, "deleted", idle, run_id), noted
 
@@ -215,13 +214,11 @@ def _gone(endpoint: str, run: RunRecord | None, what: str) -> Decision:
     """
     run_id = run.run_id if run else ""
     if run is not None and run.state is RunState.LIVE:
-        before = run.sweep_note.partition(" sweep: ")[2]
-        if before.startswith(_DELETING):
-            idle = before.removeprefix(_DELETING)
-            return Decision(endpoint, "deleted", f"{idle} (the sweep that began it lost the answer)", run_id)
-        if before.startswith(_DELETE_FAILED):
-            reported = before.removeprefix("failed: ")
-            return Decision(endpoint, "deleted", f"an earlier sweep's delete took effect ({reported})", run_id)
+        action, _, reason = _last_note(run).partition(": ")
+        if action == "deleting":
+            return Decision(endpoint, "deleted", f"{reason} (the sweep that began it lost the answer)", run_id)
+        if action == "failed" and reason.startswith(_DELETE_FAILED):
+            return Decision(endpoint, "deleted", f"an earlier sweep's delete took effect ({reason})", run_id)
         return Decision(endpoint, "gone", f"{what}, deleted outside ftpilot", run_id)
     return Decision(endpoint, "gone", what, run_id)
 
@@ -278,12 +275,17 @@ def _news(decision: Decision, run: RunRecord) -> bool:
         return run.state is RunState.LIVE
     if decision.action != "kept":
         return True
-    return _shape(run.sweep_note.partition(" sweep: ")[2]) != _shape(_note(decision))
+    return _shape(_last_note(run)) != _shape(f"{decision.action}: {decision.reason}")
 
 
-def _note(decision: Decision) -> str:
-    """What a run record's ``sweep_note`` says after its time and " sweep: "."""
-    return f"{decision.action}: {decision.reason}"
+def _note(action: str, reason: str) -> str:
+    """A run record's ``sweep_note``: when, then what the sweep did there and why."""
+    return f"{now()} sweep: {action}: {reason}"
+
+
+def _last_note(run: RunRecord) -> str:
+    """What the run's ``sweep_note`` says after its time: "<action>: <reason>"."""
+    return run.sweep_note.partition(" sweep: ")[2]
 
 
 def _shape(note: str) -> str:
@@ -299,7 +301,7 @@ def _record(decision: Decision, services: Services, known: RunVersion) -> None:
     endpoint = decision.endpoint
     if not decision.run_id:
         return
-    note = f"{now()} sweep: {_note(decision)}"
+    note = _note(decision.action, decision.reason)
 
     def change(run: RunRecord) -> RunRecord | None:
         if decision.action == "gone":
