@@ -6,7 +6,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from azure.core.exceptions import ServiceRequestError
 
 from functions.cleanup import cleanup
 from shared.cleanup import sweep
@@ -227,24 +226,20 @@ def test_deleting_an_idle_endpoint_writes_from_what_it_read(services: Services, 
     assert counted.runs.get("r-idle").state is RunState.RETIRED
 
 
-class _DecisionWriteFails(CountingTable):
-    """The real table, refusing the write that retires ``run_id`` (the storage account had a moment)."""
-
-    def __init__(self, table, run_id: str) -> None:
-        super().__init__(table)
-        self.run_id = run_id
-
-    def update_entity(self, entity, *args, **kwargs):
-        if entity["RowKey"] == self.run_id and entity["state"] == RunState.RETIRED:
-            self.run_id = ""  # once
-            raise ServiceRequestError("injected: the table cannot be reached")
-        return self._table.update_entity(entity, *args, **kwargs)
-
-
 def test_a_decision_a_run_did_not_hear_of_stops_nothing_and_is_heard_next_tick(services: Services, fleet) -> None:
     fleet.add_endpoint("ft-idle-2", tags=MANAGED, created_at=ago(48))
     run(services, "r-idle-2", "ft-idle-2", RunState.LIVE)
-    services.storage.__dict__["table"] = _DecisionWriteFails(services.storage.table, "r-idle")
+    table = CountingTable(services.storage.table)
+    refused: list[str] = []
+
+    def retiring_r_idle_once(entity) -> bool:  # the storage account has a moment, once
+        if refused or entity["RowKey"] != "r-idle" or entity["state"] != RunState.RETIRED:
+            return False
+        refused.append(entity["RowKey"])
+        return True
+
+    table.refuse = retiring_r_idle_once
+    services.storage.__dict__["table"] = table
     flaky = Services(services.settings, services.storage, fleet)
 
     first = {d.endpoint: d.action for d in sweep(flaky)}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from azure.core.exceptions import ServiceRequestError
-
 from shared.leases import Grant, Leases
 from shared.runs import RunRecord
 from tests.counting import CountingTable
@@ -73,22 +71,11 @@ def test_a_hold_from_a_stale_version_sees_the_run_that_came_since(storage) -> No
     assert leases.get(ENDPOINT).holder == "r2"
 
 
-class _WritesFail(CountingTable):
-    """The real table, whose writes fail once ``failing`` is set (the storage account went away)."""
-
-    failing = False
-
-    def update_entity(self, *args, **kwargs):
-        if self.failing:
-            raise ServiceRequestError("injected: the table cannot be reached")
-        return self._table.update_entity(*args, **kwargs)
-
-
 def test_a_hold_that_cannot_let_go_leaves_the_block_done_and_the_hold_to_the_reconciler(storage, caplog) -> None:
-    table = _WritesFail(storage.table)
+    table = CountingTable(storage.table)
     leases = Leases(table)
     with leases.holding(ENDPOINT, "sweep:a") as held:
         assert held
-        table.failing = True  # what the block did (a delete, say) is done; only the release fails
+        table.refuse = lambda entity: True  # what the block did (a delete, say) is done; only the release fails
     assert leases.get(ENDPOINT).holder == "sweep:a"  # until the reconciler frees it
     assert "sweep:a could not let go (ServiceRequestError" in caplog.text
