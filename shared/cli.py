@@ -415,7 +415,9 @@ def _run_records(what: str = "run records") -> Iterator[Any]:
         services.storage.ensure()
         yield services
     except _storage_errors() as error:
-        raise UsageError(f"cannot reach the {what} in storage: {_storage_message(error)}") from error
+        from shared.storage import error_message
+
+        raise UsageError(f"cannot reach the {what} in storage: {error_message(error)}") from error
     finally:
         if emulator is not None:
             emulator.stop()
@@ -425,14 +427,6 @@ def _storage_errors() -> tuple[type[Exception], ...]:
     from azure.core.exceptions import AzureError
 
     return (AzureError,)
-
-
-def _storage_message(error: Exception) -> str:
-    """The first line of a storage error (the SDK appends request ids and the XML body) and its code."""
-    first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-    code = getattr(error, "error_code", None)
-    code = getattr(code, "value", code)  # the SDK's StorageErrorCode enum, or a plain string
-    return f"{first} ({code})" if code else first
 
 
 # up and demo -----------------------------------------------------------------------------

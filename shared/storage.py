@@ -113,6 +113,14 @@ class Storage:
                 create()
 
 
+def error_message(error: Exception) -> str:
+    """The first line of a storage error (the SDK appends request ids and the XML body) and its code."""
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    code = getattr(error, "error_code", None)
+    code = getattr(code, "value", code)  # the SDK's StorageErrorCode enum, or a plain string
+    return f"{first} ({code})" if code else first
+
+
 class BlockWriter:
     """Write a blob as a stream of 4 MiB blocks, committed once at the end.
 

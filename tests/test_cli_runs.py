@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from shared import cli
+from shared.azurite import ACCOUNT, KEY
 from shared.config import Settings
 from shared.runs import RunState
 from shared.services import Services
+from shared.storage import Storage
 from tests.test_cleanup import MANAGED, ago, run
 
 
@@ -83,4 +88,40 @@ def test_bad_settings_exit_2_naming_the_setting(env: Services, monkeypatch: pyte
     assert cli.main(["status"]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert "FTPILOT_TEST_FRACTION" in err
+    assert "Traceback" not in err
+
+
+class _Failing(BaseHTTPRequestHandler):
+    """Storage that answers every request with a 500, as a broken emulator on the storage ports did."""
+
+    def _fail(self) -> None:
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = _fail
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_demo_whose_storage_fails_says_so_without_a_traceback(
+    cli_env: Settings, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/{ACCOUNT}"
+    monkeypatch.setenv(
+        "FTPILOT_STORAGE",
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+        f"BlobEndpoint={url};QueueEndpoint={url};TableEndpoint={url};",
+    )
+    # The SDK's retries would only make the same answer slower.
+    monkeypatch.setattr("shared.host.runner.Storage", functools.partial(Storage, retry_total=0))
+    try:
+        assert cli.main(["demo", "--timeout", "5"]) == cli.EXIT_NO
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert "The demo stopped: storage answered:" in err and "stop it and run the demo again" in err
     assert "Traceback" not in err

@@ -23,6 +23,7 @@ from shared.platform.local.layout import Layout
 from shared.rollout import SMOKE_PARAMETERS, scoring_request, test_prompt
 from shared.runs import RunRecord, RunState
 from shared.sample_data import jsonl
+from shared.storage import error_message
 
 DEMO_SETTINGS = {
     "FTPILOT_POLL_INTERVAL_S": "2",
@@ -88,8 +89,23 @@ def _ask(host: LocalHost, record: RunRecord, out: Callable[[str], None]) -> None
 
 def run_demo(dataset: Path | None, out: Callable[[str], None] = print, timeout_s: float = 900) -> RunRecord:
     """Run the whole flow once; return the final run record (raises DemoFailed with the reason)."""
+    from azure.core.exceptions import AzureError
+
     settings = demo_settings()
     host = LocalHost(settings, out)
+    try:
+        return _run(host, settings, dataset, out, timeout_s)
+    except AzureError as error:  # what the demo's storage answered: no traceback, a way on
+        raise DemoFailed(
+            f"storage answered: {error_message(error)}. If an Azurite was already running on the storage "
+            "ports (10000-10002 for the local emulator), the demo used it: stop it and run the demo again"
+        ) from error
+
+
+def _run(
+    host: LocalHost, settings: Settings, dataset: Path | None, out: Callable[[str], None], timeout_s: float
+) -> RunRecord:
+    """The flow itself, on a host not yet started."""
     services = host.start()
     worker = threading.Thread(target=host.run, kwargs={"interval_s": 0.5}, daemon=True)
     worker.start()
