@@ -12,6 +12,7 @@ import pytest
 from shared import cli
 from shared.azurite import ACCOUNT, KEY
 from shared.config import Settings
+from shared.host.demo import DEMO_SETTINGS
 from shared.runs import RunState
 from shared.services import Services
 from shared.storage import Storage
@@ -116,6 +117,10 @@ def test_a_demo_whose_storage_fails_says_so_without_a_traceback(
         f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
         f"BlobEndpoint={url};QueueEndpoint={url};TableEndpoint={url};",
     )
+    # The demo sets its short waits in the environment and quiets loggers, process-wide: not for the next tests.
+    for key, value in DEMO_SETTINGS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(cli, "_quiet_logs", lambda: None)
     # The SDK's retries would only make the same answer slower.
     monkeypatch.setattr("shared.host.runner.Storage", functools.partial(Storage, retry_total=0))
     try:
